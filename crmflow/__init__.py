@@ -1,0 +1,1 @@
+"""crmflow: an embeddable workflow and rules engine for CRM and ERP processes."""

@@ -1,0 +1,175 @@
+"""The format-neutral, immutable model of a workflow definition.
+
+The YAML loader produces these objects; the runtime, lint and diagram read them. Every object
+keeps the source position of its definition so that later checks can point at the spot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+FieldType = Literal["str", "int", "decimal", "bool", "date", "datetime"]
+FIELD_TYPES: tuple[str, ...] = ("str", "int", "decimal", "bool", "date", "datetime")
+
+Effect = Literal["block", "confirm", "warn"]
+EFFECTS: tuple[str, ...] = ("block", "confirm", "warn")
+
+#: Separator between a parent state and its sub-state in a state path.
+STATE_SEPARATOR = "."
+
+
+@dataclass(frozen=True)
+class SourcePos:
+    """Where a value was written: file, 1-based line and column, and its key path."""
+
+    source: str = "<string>"
+    line: int = 0
+    column: int = 0
+    path: str = ""
+
+
+NOWHERE = SourcePos()
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    """A data field an instance carries."""
+
+    name: str
+    type: FieldType
+    required: bool = False
+    default: Any = None
+    description: str = ""
+    pos: SourcePos = NOWHERE
+
+
+@dataclass(frozen=True)
+class StateDef:
+    """A state; ``name`` is the full path (``opportunity.negotiation`` for a sub-state)."""
+
+    name: str
+    initial: bool = False
+    final: bool = False
+    parent: str | None = None
+    children: tuple[str, ...] = ()
+    initial_child: str | None = None
+    description: str = ""
+    pos: SourcePos = NOWHERE
+
+    @property
+    def short_name(self) -> str:
+        """The last component of the state path."""
+        return self.name.rsplit(STATE_SEPARATOR, 1)[-1]
+
+    @property
+    def is_compound(self) -> bool:
+        """Whether the state has sub-states."""
+        return bool(self.children)
+
+
+@dataclass(frozen=True)
+class TransitionDef:
+    """A transition: ``trigger`` moves an instance from any of ``sources`` to ``dest``.
+
+    A source that is a compound state also matches all of its sub-states.
+    ``positions`` maps a key of the transition (``to``, ``from``, ``roles`` ...) to its position.
+    """
+
+    trigger: str
+    sources: tuple[str, ...]
+    dest: str
+    roles: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    description: str = ""
+    pos: SourcePos = NOWHERE
+    positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class RuleDef:
+    """A named rule: when ``when`` holds, ``effect`` applies with ``message`` and ``hint``.
+
+    ``message`` and ``hint`` are templates whose ``{...}`` parts are rule expressions.
+    """
+
+    name: str
+    when: str
+    effect: Effect
+    message: str
+    hint: str = ""
+    override_roles: tuple[str, ...] = ()
+    description: str = ""
+    pos: SourcePos = NOWHERE
+    positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    """One version of one workflow, validated and immutable.
+
+    ``facts`` declares the host-owned fact namespaces rules may read, each a mapping of
+    attribute name to type (``{"customer": {"credit_limit": "decimal"}}``).
+    ``roles`` lists the roles the workflow knows (declared, plus any used by transitions).
+    ``digest`` is a hash of the source text; it distinguishes two texts with the same version.
+    """
+
+    name: str
+    version: int
+    states: Mapping[str, StateDef]
+    transitions: tuple[TransitionDef, ...]
+    fields: Mapping[str, FieldDef]
+    rules: Mapping[str, RuleDef]
+    facts: Mapping[str, Mapping[str, FieldType]]
+    roles: tuple[str, ...] = ()
+    start_roles: tuple[str, ...] = ()
+    title: str = ""
+    description: str = ""
+    source: str = "<string>"
+    digest: str = ""
+    pos: SourcePos = NOWHERE
+    extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def initial_state(self) -> str:
+        """The top-level initial state's path (not descended into sub-states)."""
+        for state in self.states.values():
+            if state.initial and state.parent is None:
+                return state.name
+        raise LookupError(f"workflow {self.name!r} has no initial state")  # loader prevents this
+
+    @property
+    def final_states(self) -> tuple[str, ...]:
+        """Paths of the final states."""
+        return tuple(s.name for s in self.states.values() if s.final)
+
+    @property
+    def triggers(self) -> tuple[str, ...]:
+        """Every trigger name, in order of first appearance."""
+        return tuple(dict.fromkeys(t.trigger for t in self.transitions))
+
+    def leaf_state(self, name: str) -> str:
+        """Descend from ``name`` through initial sub-states to the state an instance rests in."""
+        state = self.states[name]
+        while state.initial_child is not None:
+            state = self.states[state.initial_child]
+        return state.name
+
+    def ancestors(self, name: str) -> tuple[str, ...]:
+        """The state itself followed by its parents, innermost first."""
+        chain = [name]
+        parent = self.states[name].parent
+        while parent is not None:
+            chain.append(parent)
+            parent = self.states[parent].parent
+        return tuple(chain)
+
+    def transitions_from(self, state: str) -> tuple[TransitionDef, ...]:
+        """Transitions that can fire from ``state`` (a leaf), innermost source first."""
+        chain = self.ancestors(state)
+        found: list[TransitionDef] = []
+        for level in chain:
+            found.extend(t for t in self.transitions if level in t.sources)
+        return tuple(found)
