@@ -27,8 +27,10 @@ __all__ = [
 class InstanceRecord:
     """A stored workflow instance.
 
-    ``data`` holds JSON-compatible values only (see :mod:`crmflow._codec`); ``version`` starts
-    at 1 and grows by one with every committed change.
+    ``data`` holds the values :mod:`crmflow._codec` can store (JSON types plus Decimal, date
+    and datetime, nested in dicts and lists); the back end encodes them and returns the same
+    values (already-tagged data round-trips unchanged too). ``version`` starts at 1 and grows
+    by one with every committed change.
     """
 
     key: str
@@ -48,7 +50,8 @@ class HistoryDraft:
     """A history entry before storage numbers and chains it.
 
     ``kind`` is one of ``start``, ``transition``, ``override``, ``refused``, ``denied`` (and
-    later kinds added by features); ``details`` holds JSON-compatible values only.
+    later kinds added by features); ``changes`` and ``details`` hold values
+    :mod:`crmflow._codec` can store, like :attr:`InstanceRecord.data`.
     """
 
     instance_key: str
@@ -112,8 +115,19 @@ class StorageTx(Protocol):
     def append_history(self, draft: HistoryDraft) -> HistoryRecord:
         """Append a history entry with the next ``seq`` and its chained hash."""
 
-    def put_idempotency(self, idempotency_key: str, instance_key: str, result: Mapping[str, Any]) -> None:
-        """Remember the result of a command; raise ``ConcurrencyConflict`` if the key is taken."""
+    def put_idempotency(
+        self,
+        idempotency_key: str,
+        instance_key: str,
+        result: Mapping[str, Any],
+        at: datetime | None = None,
+    ) -> None:
+        """Remember the result of a command; raise ``ConcurrencyConflict`` if the key is taken.
+
+        ``at`` is when the command ran, from the engine's clock (stored for operators, e.g. to
+        prune old keys; the wall clock when omitted). The raised error carries the key in an
+        ``idempotency_key`` attribute and has ``expected_version`` 0.
+        """
 
 
 @runtime_checkable
@@ -132,7 +146,7 @@ class Storage(Protocol):
         """Every history entry of an instance, in ``seq`` order."""
 
     def get_idempotency(self, idempotency_key: str) -> Mapping[str, Any] | None:
-        """The remembered result of a command, or ``None``."""
+        """Return the remembered result of a command, or ``None``."""
 
     def iter_instances(self, workflow: str | None = None) -> Iterator[InstanceRecord]:
         """Every instance (of one workflow when given), in key order."""

@@ -1,0 +1,116 @@
+"""JSON codec for instance data, history details and idempotency results.
+
+Instance data holds money as :class:`~decimal.Decimal` and deadlines as dates; plain JSON would
+turn the first into a float (and lose cents) and refuse the others. :func:`to_jsonable` maps
+them to a tagged form that stays valid JSON, and :func:`from_jsonable` restores them exactly::
+
+    Decimal("8000.00")                  <->  {"$decimal": "8000.00"}
+    date(2026, 1, 5)                    <->  {"$date": "2026-01-05"}
+    datetime(2026, 1, 5, 9, tzinfo=UTC) <->  {"$datetime": "2026-01-05T09:00:00+00:00"}
+
+A mapping whose only key starts with ``$`` is wrapped as ``{"$map": {...}}`` so that user data
+that happens to look like a tag survives the round trip unchanged. Tuples become lists.
+:func:`canonical_json` is the byte-stable text the history hash chain is computed over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["canonical_json", "dumps", "from_jsonable", "loads", "to_jsonable"]
+
+_DECIMAL = "$decimal"
+_DATE = "$date"
+_DATETIME = "$datetime"
+_MAP = "$map"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Return ``value`` as plain JSON types, tagging Decimal, date and datetime.
+
+    Accepted: ``None``, ``bool``, ``int``, finite ``float``, ``str``, :class:`Decimal` (finite),
+    :class:`date`, :class:`datetime`, mappings with ``str`` keys, lists and tuples of these.
+
+    :raises TypeError: for any other type, or a mapping key that is not a string (JSON would
+        silently turn ``1`` into ``"1"`` and the round trip would not be exact).
+    :raises ValueError: for NaN or infinite floats and Decimals (not representable in JSON).
+    """
+    # bool before int is not needed (both pass through), but str/int/None are the hot path.
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite float {value!r} cannot be stored as JSON")
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"non-finite Decimal {value!r} cannot be stored")
+        return {_DECIMAL: str(value)}
+    # datetime is a subclass of date: test it first.
+    if isinstance(value, datetime):
+        return {_DATETIME: value.isoformat()}
+    if isinstance(value, date):
+        return {_DATE: value.isoformat()}
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"mapping keys must be str, got {type(k).__name__} {k!r}")
+            out[k] = to_jsonable(v)
+        if len(out) == 1 and next(iter(out)).startswith("$"):
+            return {_MAP: out}
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    raise TypeError(f"cannot store a value of type {type(value).__name__}: {value!r}")
+
+
+def from_jsonable(value: Any) -> Any:
+    """Invert :func:`to_jsonable`: restore Decimal, date and datetime from their tags."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((k, v),) = value.items()
+            if k == _DECIMAL:
+                return Decimal(v)
+            if k == _DATETIME:
+                return datetime.fromisoformat(v)
+            if k == _DATE:
+                return date.fromisoformat(v)
+            if k == _MAP:
+                return {ik: from_jsonable(iv) for ik, iv in v.items()}
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """Encode ``value`` (see :func:`to_jsonable`) as compact JSON text for a database column."""
+    return json.dumps(
+        to_jsonable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+
+
+def loads(text: str) -> Any:
+    """Decode JSON text written by :func:`dumps`."""
+    return from_jsonable(json.loads(text))
+
+
+def canonical_json(obj: Any) -> str:
+    """Return the canonical JSON text of ``obj``: tagged, sorted keys, no whitespace, UTF-8.
+
+    Two equal values (``Decimal("1.0")`` and ``Decimal("1.00")`` are *not* equal here: the
+    stored text keeps the scale) always give the same text, which is what the hash chain needs.
+    """
+    return json.dumps(
+        to_jsonable(obj),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )

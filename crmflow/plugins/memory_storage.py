@@ -1,0 +1,239 @@
+"""The built-in in-memory storage plugin (``memory://``), for tests, simulations and demos.
+
+It keeps the SQL back ends' semantics: values go through the same JSON codec (so what cannot
+be stored in SQLite cannot be stored here either, and callers never share mutable data with
+the store), versions are compare-and-set, history is numbered and hash-chained, and a
+transaction is all or nothing: writes go to an overlay that is merged on commit and dropped
+on rollback. One lock serialises transactions, like SQLite's write lock.
+
+Every ``memory://`` URL opened gives a new, independent, empty store; nothing is kept at
+module level.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from crmflow._codec import dumps, loads
+from crmflow._errors import ConcurrencyConflict, InstanceExists, StorageError
+from crmflow._hashchain import GENESIS, entry_hash
+from crmflow.plugins._storage_api import HistoryDraft, HistoryRecord, InstanceRecord
+from crmflow.plugins.hookspecs import hookimpl
+
+__all__ = ["MemoryStorage", "MemoryTx", "crmflow_open_storage"]
+
+
+@dataclass(frozen=True)
+class _StoredInstance:
+    record: InstanceRecord  # with empty data; the data lives encoded in ``data``
+    data: str
+
+
+@dataclass(frozen=True)
+class _StoredHistory:
+    record: HistoryRecord  # with empty changes/details, kept encoded below
+    changes: str
+    details: str
+
+
+def _decode_instance(stored: _StoredInstance) -> InstanceRecord:
+    return replace(stored.record, data=loads(stored.data))
+
+
+def _decode_history(stored: _StoredHistory) -> HistoryRecord:
+    return replace(stored.record, changes=loads(stored.changes), details=loads(stored.details))
+
+
+class MemoryTx:
+    """One open in-memory transaction (implements ``StorageTx``); writes go to an overlay."""
+
+    def __init__(self, store: MemoryStorage) -> None:
+        self._store = store
+        self._instances: dict[str, _StoredInstance] = {}
+        self._history: dict[str, list[_StoredHistory]] = {}
+        self._idempotency: dict[str, tuple[str, str, str]] = {}
+
+    # The store's committed dicts are read without the state lock: only the transaction
+    # holding the write lock (this one) ever changes them.
+
+    def _current(self, key: str) -> _StoredInstance | None:
+        if key in self._instances:
+            return self._instances[key]
+        return self._store._instances.get(key)
+
+    def get_instance(self, key: str) -> InstanceRecord | None:
+        """Read an instance, including this transaction's own writes."""
+        stored = self._current(key)
+        return None if stored is None else _decode_instance(stored)
+
+    def lock_instance(self, key: str) -> InstanceRecord | None:
+        """Return the current row; the store's write lock already serialises writers."""
+        return self.get_instance(key)
+
+    def insert_instance(self, record: InstanceRecord) -> None:
+        """Insert a new instance; raise ``InstanceExists`` when the key is taken."""
+        if self._current(record.key) is not None:
+            raise InstanceExists(record.key)
+        self._instances[record.key] = _StoredInstance(replace(record, data={}), dumps(record.data))
+
+    def update_instance(self, record: InstanceRecord, expected_version: int) -> None:
+        """Compare-and-set on the version; see ``SqlTx.update_instance``."""
+        if record.version != expected_version + 1:
+            raise ValueError(
+                f"new version {record.version} must be expected_version + 1 "
+                f"({expected_version + 1})"
+            )
+        current = self._current(record.key)
+        if current is None or current.record.version != expected_version:
+            actual = None if current is None else current.record.version
+            raise ConcurrencyConflict(record.key, expected_version, actual)
+        # created_at is set once, by the insert (as on the SQL back ends).
+        new = replace(record, data={}, created_at=current.record.created_at)
+        self._instances[record.key] = _StoredInstance(new, dumps(record.data))
+
+    def append_history(self, draft: HistoryDraft) -> HistoryRecord:
+        """Append ``draft`` as the instance's next entry (``seq`` = last + 1, hash-chained)."""
+        key = draft.instance_key
+        pending = self._history.setdefault(key, [])
+        last = pending[-1] if pending else None
+        if last is None:
+            committed = self._store._history.get(key)
+            last = committed[-1] if committed else None
+        seq = 1 if last is None else last.record.seq + 1
+        prev_hash = GENESIS if last is None else last.record.hash
+        changes, details = dumps(draft.changes), dumps(draft.details)
+        fields: dict[str, Any] = {
+            "instance_key": key,
+            "seq": seq,
+            "at": datetime.fromisoformat(draft.at.isoformat()),
+            "actor": draft.actor,
+            "kind": draft.kind,
+            "trigger": draft.trigger,
+            "from_state": draft.from_state,
+            "to_state": draft.to_state,
+            "reason": draft.reason,
+            "changes": loads(changes),
+            "details": loads(details),
+        }
+        record = HistoryRecord(**fields, prev_hash=prev_hash, hash=entry_hash(prev_hash, **fields))
+        pending.append(_StoredHistory(replace(record, changes={}, details={}), changes, details))
+        return record
+
+    def put_idempotency(
+        self,
+        idempotency_key: str,
+        instance_key: str,
+        result: Mapping[str, Any],
+        at: datetime | None = None,
+    ) -> None:
+        """Remember a command's result; raise ``ConcurrencyConflict`` if the key is taken."""
+        if idempotency_key in self._idempotency or idempotency_key in self._store._idempotency:
+            err = ConcurrencyConflict(instance_key, 0, None)
+            err.idempotency_key = idempotency_key  # type: ignore[attr-defined]
+            err.args = (
+                f"idempotency key {idempotency_key!r} was already used (instance {instance_key!r})",
+            )
+            raise err
+        created = (at or datetime.now(UTC)).isoformat()
+        self._idempotency[idempotency_key] = (instance_key, dumps(result), created)
+
+    def _commit(self) -> None:
+        store = self._store
+        with store._state_lock:
+            store._instances.update(self._instances)
+            for key, entries in self._history.items():
+                if entries:
+                    store._history.setdefault(key, []).extend(entries)
+            store._idempotency.update(self._idempotency)
+
+
+class MemoryStorage:
+    """An in-memory store (implements ``Storage``); see the module docstring."""
+
+    url: str
+
+    def __init__(self, url: str = "memory://") -> None:
+        """Create an empty store; ``url`` is kept for display only."""
+        self.url = url
+        self._write_lock = threading.Lock()
+        self._writer: int | None = None
+        self._state_lock = threading.Lock()
+        self._instances: dict[str, _StoredInstance] = {}
+        self._history: dict[str, list[_StoredHistory]] = {}
+        self._idempotency: dict[str, tuple[str, str, str]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        """Show the URL and the number of instances."""
+        return f"MemoryStorage({self.url!r}, instances={len(self._instances)})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self!r} is closed")
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryTx]:
+        """Open a write transaction: commit on normal exit, roll back on an exception."""
+        self._check_open()
+        if self._writer == threading.get_ident():
+            # Waiting on our own lock would hang forever; SQLite would fail after its timeout.
+            raise StorageError("nested transaction on the same store in one thread")
+        with self._write_lock:
+            self._writer = threading.get_ident()
+            try:
+                tx = MemoryTx(self)
+                yield tx
+                tx._commit()
+            finally:
+                self._writer = None
+
+    def get_instance(self, key: str) -> InstanceRecord | None:
+        """Read an instance's latest committed row."""
+        self._check_open()
+        with self._state_lock:
+            stored = self._instances.get(key)
+        return None if stored is None else _decode_instance(stored)
+
+    def history(self, key: str) -> list[HistoryRecord]:
+        """Every history entry of an instance, in ``seq`` order."""
+        self._check_open()
+        with self._state_lock:
+            entries = list(self._history.get(key, ()))
+        return [_decode_history(e) for e in entries]
+
+    def get_idempotency(self, idempotency_key: str) -> Mapping[str, Any] | None:
+        """Return the remembered result of a command, or ``None``."""
+        self._check_open()
+        with self._state_lock:
+            found = self._idempotency.get(idempotency_key)
+        return None if found is None else cast(Mapping[str, Any], loads(found[1]))
+
+    def iter_instances(self, workflow: str | None = None) -> Iterator[InstanceRecord]:
+        """Every instance (of one workflow when given), in key order (a snapshot)."""
+        self._check_open()
+        with self._state_lock:
+            stored = [self._instances[k] for k in sorted(self._instances)]
+        for s in stored:
+            if workflow is None or s.record.workflow == workflow:
+                yield _decode_instance(s)
+
+    def close(self) -> None:
+        """Drop the data; the object is unusable afterwards."""
+        self._closed = True
+        with self._state_lock:
+            self._instances.clear()
+            self._history.clear()
+            self._idempotency.clear()
+
+
+@hookimpl
+def crmflow_open_storage(url: str) -> MemoryStorage | None:
+    """Open a new, empty store for ``memory://`` URLs (anything after ``//`` is a label)."""
+    if url.split(":", 1)[0].lower() == "memory":
+        return MemoryStorage(url)
+    return None

@@ -1,0 +1,686 @@
+"""The built-in SQL storage plugin: SQLite (embedded default) and PostgreSQL (several processes).
+
+URLs::
+
+    sqlite:///crm.db                      relative path; sqlite:////var/lib/crm.db is absolute
+    sqlite:///crm.db?synchronous=normal   faster commits; see below
+    postgresql://user:pw@host/db          psycopg 3 (same as postgresql+psycopg://)
+
+SQLite runs in WAL mode with a 30 s ``busy_timeout`` and foreign keys on. Every write
+transaction starts with ``BEGIN IMMEDIATE``: the engine reads before it writes, and a deferred
+transaction that reads first fails its lock upgrade with ``SQLITE_BUSY`` (``busy_timeout`` does
+not help there). Reads outside a transaction use a plain deferred ``BEGIN`` and never take the
+write lock. ``synchronous=FULL`` (default) makes every commit survive power loss;
+``?synchronous=normal`` survives an application crash, but may lose the last commits on power
+loss.
+
+PostgreSQL runs at READ COMMITTED. :meth:`SqlTx.update_instance` is a compare-and-set on the
+version column and :meth:`SqlTx.lock_instance` is ``SELECT ... FOR UPDATE``; either one holds
+the instance's row lock until commit, which is what serialises history appends per instance.
+
+See ``docs/storage.md`` for the table layout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from crmflow._codec import dumps, loads
+from crmflow._errors import (
+    ConcurrencyConflict,
+    CrmflowError,
+    InstanceExists,
+    PluginError,
+    StorageError,
+)
+from crmflow._hashchain import GENESIS, entry_hash
+from crmflow.plugins._storage_api import HistoryDraft, HistoryRecord, InstanceRecord
+from crmflow.plugins.hookspecs import hookimpl
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "HistoryRow",
+    "IdempotencyRow",
+    "InstanceRow",
+    "SchemaVersionRow",
+    "SqlStorage",
+    "SqlTx",
+    "crmflow_open_storage",
+]
+
+#: Version of the table layout this module writes; stored in ``crmflow_schema_version``.
+SCHEMA_VERSION = 1
+
+#: Seconds a SQLite writer waits for the write lock before failing with "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+_READ_ONLY = "crmflow_read_only"
+_PG_SCHEMA_LOCK = 0x63726D66  # "crmf": advisory lock id serialising concurrent create_all
+_PAGE = 500
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+class _Base(SQLModel, registry=registry()):
+    """Base of crmflow's tables.
+
+    A registry of its own keeps these tables out of ``SQLModel.metadata``, so a host's
+    ``SQLModel.metadata.create_all`` does not create them and two libraries cannot clash.
+    """
+
+
+# Timestamps are stored as ISO 8601 text: the hash chain covers ``at`` exactly as given
+# (offset included), and neither SQLite nor timestamptz would give the same offset back.
+
+
+class InstanceRow(_Base, table=True):
+    """``crmflow_instances``: one row per workflow instance."""
+
+    __tablename__ = "crmflow_instances"
+
+    key: str = Field(primary_key=True)
+    workflow: str = Field(index=True)
+    workflow_version: int
+    definition_digest: str
+    state: str
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    version: int
+    owner: str | None = Field(default=None, nullable=True)
+    created_at: str
+    updated_at: str
+
+
+class HistoryRow(_Base, table=True):
+    """``crmflow_history``: the append-only, hash-chained history; ``seq`` is 1..n per key."""
+
+    __tablename__ = "crmflow_history"
+    __table_args__ = (
+        UniqueConstraint("instance_key", "seq", name="uq_crmflow_history_instance_seq"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            # SQLite only auto-numbers an INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
+            BigInteger().with_variant(Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+    )
+    instance_key: str
+    seq: int
+    at: str
+    actor: str
+    kind: str
+    trigger: str
+    from_state: str
+    to_state: str
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    changes: str = Field(sa_column=Column(Text, nullable=False))
+    details: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str
+    hash: str
+
+
+class IdempotencyRow(_Base, table=True):
+    """``crmflow_idempotency``: the first result of every command sent with a key."""
+
+    __tablename__ = "crmflow_idempotency"
+
+    key: str = Field(primary_key=True)
+    instance_key: str = Field(index=True)
+    result: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: str
+
+
+class SchemaVersionRow(_Base, table=True):
+    """``crmflow_schema_version``: a single row (id 1) naming the table layout's version."""
+
+    __tablename__ = "crmflow_schema_version"
+
+    id: int = Field(primary_key=True)
+    version: int
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+_INST = _table(InstanceRow)
+_HIST = _table(HistoryRow)
+_IDEM = _table(IdempotencyRow)
+_SCHEMA = _table(SchemaVersionRow)
+
+#: The metadata holding every crmflow table (for migrations and tooling).
+METADATA = _Base.metadata
+
+
+# ---------------------------------------------------------------------------------------------
+# Row <-> record
+# ---------------------------------------------------------------------------------------------
+
+
+def _instance_values(record: InstanceRecord) -> dict[str, Any]:
+    return {
+        "key": record.key,
+        "workflow": record.workflow,
+        "workflow_version": record.workflow_version,
+        "definition_digest": record.definition_digest,
+        "state": record.state,
+        "data": dumps(record.data),
+        "version": record.version,
+        "owner": record.owner,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+    }
+
+
+def _instance_from_row(row: RowMapping) -> InstanceRecord:
+    return InstanceRecord(
+        key=row["key"],
+        workflow=row["workflow"],
+        workflow_version=row["workflow_version"],
+        definition_digest=row["definition_digest"],
+        state=row["state"],
+        data=loads(row["data"]),
+        version=row["version"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        owner=row["owner"],
+    )
+
+
+def _history_from_row(row: RowMapping) -> HistoryRecord:
+    return HistoryRecord(
+        instance_key=row["instance_key"],
+        seq=row["seq"],
+        at=datetime.fromisoformat(row["at"]),
+        actor=row["actor"],
+        kind=row["kind"],
+        trigger=row["trigger"],
+        from_state=row["from_state"],
+        to_state=row["to_state"],
+        reason=row["reason"],
+        changes=loads(row["changes"]),
+        details=loads(row["details"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    # The driver's own message, without SQLAlchemy's echo of the statement and its
+    # parameters (which would copy instance data into logs).
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {exc.orig}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _guard(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except CrmflowError:
+        raise
+    except SQLAlchemyError as exc:
+        raise StorageError(f"{what} failed: {_describe(exc)}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Transaction
+# ---------------------------------------------------------------------------------------------
+
+
+class SqlTx:
+    """The operations of one open SQL transaction (implements ``StorageTx``).
+
+    :attr:`connection` is the SQLAlchemy connection, for plugins that write rows of their own
+    tables in the same transaction.
+    """
+
+    def __init__(self, connection: Connection, *, postgres: bool) -> None:
+        self.connection = connection
+        self._pg = postgres
+        self._insert = pg_insert if postgres else sqlite_insert
+
+    def get_instance(self, key: str) -> InstanceRecord | None:
+        """Read an instance inside the transaction."""
+        return _guard("get_instance", lambda: self._select_instance(key, lock=False))
+
+    def lock_instance(self, key: str) -> InstanceRecord | None:
+        """Take the instance's row lock (PostgreSQL) and return the current row.
+
+        On SQLite ``BEGIN IMMEDIATE`` already holds the database's write lock.
+        """
+        return _guard("lock_instance", lambda: self._select_instance(key, lock=True))
+
+    def _select_instance(self, key: str, *, lock: bool) -> InstanceRecord | None:
+        stmt = select(_INST).where(_INST.c.key == key)
+        if lock:
+            # SQLite's compiler renders nothing for FOR UPDATE; PostgreSQL takes the row lock.
+            stmt = stmt.with_for_update()
+        row = self.connection.execute(stmt).mappings().first()
+        return None if row is None else _instance_from_row(row)
+
+    def insert_instance(self, record: InstanceRecord) -> None:
+        """Insert a new instance; raise ``InstanceExists`` when the key is taken."""
+
+        def run() -> None:
+            # ON CONFLICT DO NOTHING instead of catching IntegrityError: on PostgreSQL an error
+            # would abort the whole transaction, and the caller may want to carry on.
+            # RETURNING tells whether a row was written: psycopg's rowcount reads -1 here.
+            stmt = (
+                self._insert(_INST)
+                .values(**_instance_values(record))
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(_INST.c.key)
+            )
+            if self.connection.execute(stmt).first() is None:
+                raise InstanceExists(record.key)
+
+        _guard("insert_instance", run)
+
+    def update_instance(self, record: InstanceRecord, expected_version: int) -> None:
+        """Compare-and-set: replace the row only if its version still is ``expected_version``.
+
+        ``record.version`` must be ``expected_version + 1``. Raises ``ConcurrencyConflict``
+        (with the version actually found) and changes nothing otherwise.
+        """
+        if record.version != expected_version + 1:
+            raise ValueError(
+                f"new version {record.version} must be expected_version + 1 "
+                f"({expected_version + 1})"
+            )
+
+        def run() -> None:
+            values = _instance_values(record)
+            del values["key"], values["created_at"]
+            stmt = (
+                update(_INST)
+                .where(_INST.c.key == record.key, _INST.c.version == expected_version)
+                .values(**values)
+                .returning(_INST.c.version)
+            )
+            if self.connection.execute(stmt).first() is not None:
+                return
+            actual = self.connection.execute(
+                select(_INST.c.version).where(_INST.c.key == record.key)
+            ).scalar_one_or_none()
+            raise ConcurrencyConflict(record.key, expected_version, actual)
+
+        _guard("update_instance", run)
+
+    def append_history(self, draft: HistoryDraft) -> HistoryRecord:
+        """Append ``draft`` as the instance's next entry (``seq`` = last + 1, hash-chained).
+
+        Call :meth:`update_instance` or :meth:`lock_instance` for the same key first in this
+        transaction; that row lock is what keeps two writers from taking the same ``seq``.
+        """
+
+        def run() -> HistoryRecord:
+            conn = self.connection
+            last = conn.execute(
+                select(_HIST.c.seq, _HIST.c.hash)
+                .where(_HIST.c.instance_key == draft.instance_key)
+                .order_by(_HIST.c.seq.desc())
+                .limit(1)
+            ).first()
+            seq = 1 if last is None else last.seq + 1
+            prev_hash = GENESIS if last is None else last.hash
+            changes_text, details_text = dumps(draft.changes), dumps(draft.details)
+            at_text = draft.at.isoformat()
+            # Hash what a later read will return (decoded from the stored text), so that
+            # verification never depends on how the caller's values happened to be typed.
+            rec_fields: dict[str, Any] = {
+                "instance_key": draft.instance_key,
+                "seq": seq,
+                "at": datetime.fromisoformat(at_text),
+                "actor": draft.actor,
+                "kind": draft.kind,
+                "trigger": draft.trigger,
+                "from_state": draft.from_state,
+                "to_state": draft.to_state,
+                "reason": draft.reason,
+                "changes": loads(changes_text),
+                "details": loads(details_text),
+            }
+            digest = entry_hash(prev_hash, **rec_fields)
+            stmt = (
+                self._insert(_HIST)
+                .values(
+                    **{
+                        **rec_fields,
+                        "at": at_text,
+                        "changes": changes_text,
+                        "details": details_text,
+                        "prev_hash": prev_hash,
+                        "hash": digest,
+                    }
+                )
+                .on_conflict_do_nothing(index_elements=["instance_key", "seq"])
+                .returning(_HIST.c.seq)
+            )
+            if conn.execute(stmt).first() is None:
+                raise StorageError(
+                    f"history seq {seq} of {draft.instance_key!r} was taken by a concurrent "
+                    "transaction: call update_instance or lock_instance before append_history"
+                )
+            return HistoryRecord(**rec_fields, prev_hash=prev_hash, hash=digest)
+
+        return _guard("append_history", run)
+
+    def put_idempotency(
+        self,
+        idempotency_key: str,
+        instance_key: str,
+        result: Mapping[str, Any],
+        at: datetime | None = None,
+    ) -> None:
+        """Remember a command's result; raise ``ConcurrencyConflict`` if the key is taken.
+
+        The raised error carries the key in its ``idempotency_key`` attribute; its
+        ``expected_version`` is 0 (no instance version is involved).
+        """
+
+        def run() -> None:
+            stmt = (
+                self._insert(_IDEM)
+                .values(
+                    key=idempotency_key,
+                    instance_key=instance_key,
+                    result=dumps(result),
+                    created_at=(at or datetime.now(UTC)).isoformat(),
+                )
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(_IDEM.c.key)
+            )
+            if self.connection.execute(stmt).first() is None:
+                raise _idempotency_conflict(idempotency_key, instance_key)
+
+        _guard("put_idempotency", run)
+
+
+def _idempotency_conflict(idempotency_key: str, instance_key: str) -> ConcurrencyConflict:
+    err = ConcurrencyConflict(instance_key, 0, None)
+    err.idempotency_key = idempotency_key  # type: ignore[attr-defined]
+    err.args = (
+        f"idempotency key {idempotency_key!r} was already used (instance {instance_key!r})",
+    )
+    return err
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------
+
+
+class SqlStorage:
+    """A storage back end on SQLite or PostgreSQL (implements ``Storage``).
+
+    The SQLAlchemy engine is created lazily in each process: after ``fork()`` the child builds
+    its own pool and never touches the parent's connections.
+    """
+
+    url: str
+
+    def __init__(self, url: str) -> None:
+        """Open the store at ``url`` and create the tables if needed.
+
+        :raises PluginError: the URL is malformed or names an unsupported option.
+        :raises StorageError: the database cannot be reached or has a newer schema.
+        """
+        self.url = url
+        self._sa_url, self._synchronous = _parse_url(url)
+        self._pg = self._sa_url.get_backend_name() == "postgresql"
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._engine: Engine | None = None
+        self._reader: Engine | None = None
+        self._closed = False
+        self._create_schema()
+
+    def __repr__(self) -> str:
+        """Show the URL without its password."""
+        return f"SqlStorage({self._sa_url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return "postgresql" if self._pg else "sqlite"
+
+    # -- engines --------------------------------------------------------------------------
+
+    def _engines(self) -> tuple[Engine, Engine]:
+        if self._closed:
+            raise StorageError(f"{self!r} is closed")
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    if self._engine is not None:
+                        # Inherited across fork: forget the parent's connections without
+                        # closing them (closing would break the parent's sessions).
+                        self._engine.dispose(close=False)
+                    self._engine = self._build_engine()
+                    self._reader = self._engine.execution_options(**{_READ_ONLY: True})
+                    self._pid = pid
+        assert self._engine is not None and self._reader is not None
+        return self._engine, self._reader
+
+    def _build_engine(self) -> Engine:
+        if self._pg:
+            return create_engine(self._sa_url, isolation_level="READ COMMITTED", pool_pre_ping=True)
+        engine = create_engine(
+            self._sa_url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        )
+        synchronous = self._synchronous
+        busy_ms = int(SQLITE_BUSY_TIMEOUT_S * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # SQLAlchemy's documented pysqlite recipe: stop the driver from issuing its own
+            # BEGIN, so that _on_begin decides which kind of transaction to open.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                # PRAGMAs take no bound parameters; both values come from this module.
+                cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute(f"PRAGMA synchronous = {synchronous}")
+                cursor.execute("PRAGMA foreign_keys = ON")
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get(_READ_ONLY):
+                conn.exec_driver_sql("BEGIN")  # a read snapshot, no write lock
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def _create_schema(self) -> None:
+        engine, _ = self._engines()
+
+        def run() -> None:
+            with engine.begin() as conn:
+                if self._pg:
+                    # Concurrent CREATE TABLEs race on PostgreSQL's catalog; SQLite's
+                    # BEGIN IMMEDIATE already serialises them.
+                    conn.execute(select(func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
+                METADATA.create_all(conn)
+                found = conn.execute(
+                    select(_SCHEMA.c.version).where(_SCHEMA.c.id == 1)
+                ).scalar_one_or_none()
+                if found is None:
+                    conn.execute(_SCHEMA.insert().values(id=1, version=SCHEMA_VERSION))
+                elif found > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"database schema version {found} is newer than this crmflow's "
+                        f"({SCHEMA_VERSION}); upgrade crmflow"
+                    )
+
+        _guard(f"opening {self!r}", run)
+
+    # -- Storage --------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTx]:
+        """Open a write transaction: commit on normal exit, roll back on an exception.
+
+        On SQLite this takes the database's write lock (``BEGIN IMMEDIATE``) for its whole
+        duration: keep it short and do no network calls inside.
+        """
+        engine, _ = self._engines()
+        try:
+            with engine.begin() as conn:
+                yield SqlTx(conn, postgres=self._pg)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"storage transaction failed: {_describe(exc)}") from exc
+
+    def _read(self, what: str, fn: Callable[[Connection], T]) -> T:
+        _, reader = self._engines()
+
+        def run() -> T:
+            with reader.connect() as conn:
+                return fn(conn)
+
+        return _guard(what, run)
+
+    def get_instance(self, key: str) -> InstanceRecord | None:
+        """Read an instance's latest committed row."""
+
+        def q(conn: Connection) -> InstanceRecord | None:
+            row = conn.execute(select(_INST).where(_INST.c.key == key)).mappings().first()
+            return None if row is None else _instance_from_row(row)
+
+        return self._read("get_instance", q)
+
+    def history(self, key: str) -> list[HistoryRecord]:
+        """Every history entry of an instance, in ``seq`` order."""
+
+        def q(conn: Connection) -> list[HistoryRecord]:
+            rows = conn.execute(
+                select(_HIST).where(_HIST.c.instance_key == key).order_by(_HIST.c.seq)
+            ).mappings()
+            return [_history_from_row(r) for r in rows]
+
+        return self._read("history", q)
+
+    def get_idempotency(self, idempotency_key: str) -> Mapping[str, Any] | None:
+        """Return the remembered result of a command, or ``None``."""
+
+        def q(conn: Connection) -> Mapping[str, Any] | None:
+            text = conn.execute(
+                select(_IDEM.c.result).where(_IDEM.c.key == idempotency_key)
+            ).scalar_one_or_none()
+            return None if text is None else cast(Mapping[str, Any], loads(text))
+
+        return self._read("get_idempotency", q)
+
+    def iter_instances(self, workflow: str | None = None) -> Iterator[InstanceRecord]:
+        """Every instance (of one workflow when given), in key order.
+
+        Reads in pages of a few hundred rows, each in its own short read, so that iterating a
+        large store never holds one long reader open (on SQLite that would stop checkpoints).
+        """
+        after: str | None = None
+        while True:
+
+            def q(conn: Connection, after: str | None = after) -> list[InstanceRecord]:
+                stmt = select(_INST).order_by(_INST.c.key).limit(_PAGE)
+                if workflow is not None:
+                    stmt = stmt.where(_INST.c.workflow == workflow)
+                if after is not None:
+                    stmt = stmt.where(_INST.c.key > after)
+                return [_instance_from_row(r) for r in conn.execute(stmt).mappings()]
+
+            page = self._read("iter_instances", q)
+            yield from page
+            if len(page) < _PAGE:
+                return
+            after = page[-1].key
+
+    def dispose(self) -> None:
+        """Close pooled connections; the store stays usable and reconnects on demand."""
+        with self._lock:
+            if self._engine is not None and self._pid == os.getpid():
+                self._engine.dispose()
+            self._engine = self._reader = None
+            self._pid = None
+
+    def close(self) -> None:
+        """Release connections; the object is unusable afterwards."""
+        if not self._closed:
+            self.dispose()
+            self._closed = True
+
+
+def _parse_url(url: str) -> tuple[URL, str]:
+    """Split crmflow's own options off ``url``; return the SQLAlchemy URL and synchronous."""
+    try:
+        sa_url = make_url(url)
+    except ArgumentError as exc:
+        raise PluginError(f"malformed store URL {url!r}: {exc}") from exc
+    backend = sa_url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return sa_url.set(drivername="postgresql+psycopg"), "FULL"
+    raw = sa_url.query.get("synchronous", "full")
+    value = raw[-1] if isinstance(raw, tuple) else raw
+    synchronous = _SYNCHRONOUS.get(value.lower())
+    if synchronous is None:
+        raise PluginError(
+            f"store URL {url!r}: synchronous must be 'full' or 'normal', not {value!r}"
+        )
+    if sa_url.database in (None, "", ":memory:"):
+        raise PluginError(
+            f"store URL {url!r}: an in-memory SQLite database is not shared between "
+            "connections; use memory:// or a file path"
+        )
+    return sa_url.difference_update_query(["synchronous"]), synchronous
+
+
+# ---------------------------------------------------------------------------------------------
+# Hook
+# ---------------------------------------------------------------------------------------------
+
+
+@hookimpl
+def crmflow_open_storage(url: str) -> SqlStorage | None:
+    """Open ``sqlite:///...``, ``postgresql://...`` and ``postgresql+psycopg://...`` URLs."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"):
+        return SqlStorage(url)
+    return None
