@@ -76,6 +76,8 @@ class TransitionDef:
 
     A source that is a compound state also matches all of its sub-states.
     ``positions`` maps a key of the transition (``to``, ``from``, ``roles`` ...) to its position.
+    ``internal`` marks a transition written without ``to``: the instance stays in its state
+    (the loader gives each such transition one leaf source and ``dest`` equal to it).
     """
 
     trigger: str
@@ -86,6 +88,7 @@ class TransitionDef:
     description: str = ""
     pos: SourcePos = NOWHERE
     positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
+    internal: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class WorkflowDef:
     attribute name to type (``{"customer": {"credit_limit": "decimal"}}``).
     ``roles`` lists the roles the workflow knows (declared, plus any used by transitions).
     ``digest`` is a hash of the source text; it distinguishes two texts with the same version.
+    ``positions`` maps each top-level key (``workflow``, ``roles`` ...) to its value's position,
+    and ``roles.<name>`` to where a declared role is written (lint points there).
     """
 
     name: str
@@ -131,6 +136,7 @@ class WorkflowDef:
     digest: str = ""
     pos: SourcePos = NOWHERE
     extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def initial_state(self) -> str:

@@ -1,0 +1,206 @@
+"""Lint a loaded workflow: problems that are valid YAML and a valid model, but likely mistakes.
+
+The loader already refuses what cannot work (unknown states, missing rules ...). Lint looks at
+the machine as a whole:
+
+==========================  =========  ====================================================
+code                        severity   meaning
+==========================  =========  ====================================================
+``unreachable-state``       error      no path of transitions leads there from the start
+``dead-end``                error      a non-final state with no transition out of it
+``ambiguous-trigger``       error      one trigger leaves one state by two transitions
+``unused-rule``             warning    a rule no transition uses
+``unused-role``             warning    a declared role nothing refers to
+``self-transition``         warning    a transition that leads back into the state it leaves
+==========================  =========  ====================================================
+
+Reachability follows the runtime's semantics: an instance rests in a leaf state; entering a
+compound state enters its initial child; a transition from a compound state fires from every
+state below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from crmflow._errors import _did_you_mean
+from crmflow.engine._model import SourcePos, TransitionDef, WorkflowDef
+
+__all__ = ["LintIssue", "Severity", "lint"]
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class LintIssue:
+    """One finding of :func:`lint`.
+
+    Attributes:
+        severity: ``"error"`` (the machine will misbehave) or ``"warning"`` (probably unintended).
+        code: a stable identifier such as ``unreachable-state``, for filtering.
+        message: a sentence describing the problem.
+        pos: where in the source it is.
+        suggestions: names that may be what was meant.
+
+    """
+
+    severity: Severity
+    code: str
+    message: str
+    pos: SourcePos
+    suggestions: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        """Render as ``file:line:column: path: severity: message [code]``."""
+        where = self.pos.source
+        if self.pos.line:
+            where += f":{self.pos.line}:{self.pos.column}"
+        path = f"{self.pos.path}: " if self.pos.path else ""
+        return (
+            f"{where}: {path}{self.severity}: {self.message}"
+            f"{_did_you_mean(self.suggestions)} [{self.code}]"
+        )
+
+
+def _leaves(defn: WorkflowDef) -> list[str]:
+    return [s.name for s in defn.states.values() if not s.children]
+
+
+def _reachable(defn: WorkflowDef) -> set[str]:
+    start = defn.leaf_state(defn.initial_state)
+    seen_leaves = {start}
+    todo = [start]
+    while todo:
+        leaf = todo.pop()
+        if defn.states[leaf].final:
+            continue
+        for transition in defn.transitions_from(leaf):
+            target = defn.leaf_state(transition.dest)
+            if target not in seen_leaves:
+                seen_leaves.add(target)
+                todo.append(target)
+    reached: set[str] = set()
+    for leaf in seen_leaves:
+        reached.update(defn.ancestors(leaf))
+    return reached
+
+
+def _unreachable(defn: WorkflowDef) -> list[LintIssue]:
+    reached = _reachable(defn)
+    issues = []
+    for state in defn.states.values():
+        # Report the outermost unreachable state only: its sub-states follow from it.
+        if state.name in reached or (state.parent is not None and state.parent not in reached):
+            continue
+        issues.append(
+            LintIssue(
+                "error",
+                "unreachable-state",
+                f"state {state.name!r} cannot be reached from {defn.initial_state!r}",
+                state.pos,
+            )
+        )
+    return issues
+
+
+def _dead_ends(defn: WorkflowDef) -> list[LintIssue]:
+    return [
+        LintIssue(
+            "error",
+            "dead-end",
+            f"state {leaf!r} is not final but no transition leaves it",
+            defn.states[leaf].pos,
+        )
+        for leaf in _leaves(defn)
+        if not defn.states[leaf].final and not defn.transitions_from(leaf)
+    ]
+
+
+def _ambiguous(defn: WorkflowDef) -> list[LintIssue]:
+    index = {id(t): i for i, t in enumerate(defn.transitions)}
+    reported: set[tuple[int, int]] = set()
+    issues = []
+    for leaf in _leaves(defn):
+        first_by_trigger: dict[str, TransitionDef] = {}
+        # Sorted by position in the file, so the issue points at the later transition.
+        for transition in sorted(defn.transitions_from(leaf), key=lambda t: index[id(t)]):
+            first = first_by_trigger.setdefault(transition.trigger, transition)
+            if first is transition:
+                continue
+            pair = (index[id(first)], index[id(transition)])
+            if pair in reported:
+                continue
+            reported.add(pair)
+            pos = transition.positions.get("trigger", transition.pos)
+            issues.append(
+                LintIssue(
+                    "error",
+                    "ambiguous-trigger",
+                    f"trigger {transition.trigger!r} leaves state {leaf!r} by two transitions "
+                    f"(the other is transitions[{pair[0]}])",
+                    pos,
+                )
+            )
+    return issues
+
+
+def _unused_rules(defn: WorkflowDef) -> list[LintIssue]:
+    used = {rule for t in defn.transitions for rule in t.rules}
+    return [
+        LintIssue("warning", "unused-rule", f"rule {name!r} is not used by any transition", r.pos)
+        for name, r in defn.rules.items()
+        if name not in used
+    ]
+
+
+def _unused_roles(defn: WorkflowDef) -> list[LintIssue]:
+    used = set(defn.start_roles)
+    used.update(role for t in defn.transitions for role in t.roles)
+    used.update(role for r in defn.rules.values() for role in r.override_roles)
+    return [
+        LintIssue(
+            "warning",
+            "unused-role",
+            f"role {role!r} is declared but not used",
+            defn.positions.get(f"roles.{role}", defn.positions.get("roles", defn.pos)),
+        )
+        for role in defn.roles
+        if role not in used
+    ]
+
+
+def _self_transitions(defn: WorkflowDef) -> list[LintIssue]:
+    issues = []
+    for transition in defn.transitions:
+        if transition.internal:
+            continue  # written without 'to' on purpose: staying is the point
+        target = defn.leaf_state(transition.dest)
+        for source in transition.sources:
+            if source in (transition.dest, target):
+                issues.append(
+                    LintIssue(
+                        "warning",
+                        "self-transition",
+                        f"trigger {transition.trigger!r} leads from {source!r} back into itself",
+                        transition.positions.get("to", transition.pos),
+                    )
+                )
+    return issues
+
+
+def lint(defn: WorkflowDef) -> list[LintIssue]:
+    """Check a loaded workflow for likely mistakes; return the issues, errors first.
+
+    Issues of one severity keep the order of the checks, then the order in the file.
+    """
+    issues: Sequence[LintIssue] = [
+        *_unreachable(defn),
+        *_dead_ends(defn),
+        *_ambiguous(defn),
+        *_unused_rules(defn),
+        *_unused_roles(defn),
+        *_self_transitions(defn),
+    ]
+    return sorted(issues, key=lambda issue: issue.severity != "error")

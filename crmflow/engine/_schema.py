@@ -1,0 +1,177 @@
+"""The JSON Schema (draft 2020-12) of a workflow document, for editors and CI.
+
+The schema is generated from the loader's key tables (:data:`~crmflow.engine._loader.TOP_LEVEL_KEYS`
+and friends), so the two cannot disagree on which keys exist or are required. The shipped file
+``crmflow/schema/workflow.schema.json`` is the output of::
+
+    python -m crmflow.engine._schema
+
+and a test fails when it is out of date. The schema checks shape only; references between
+states, rules and roles are the loader's job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crmflow.engine._loader import (
+    ANY_STATE,
+    FIELD_KEYS,
+    IDENTIFIER,
+    RULE_KEYS,
+    STATE_KEYS,
+    TOP_LEVEL_KEYS,
+    TRANSITION_KEYS,
+)
+from crmflow.engine._model import EFFECTS, FIELD_TYPES
+
+__all__ = ["SCHEMA_ID", "build_schema", "load_schema", "render_schema", "schema_path"]
+
+#: The ``$id`` of the schema.
+SCHEMA_ID = "https://crmflow.invalid/schema/workflow.schema.json"
+
+_REF = "#/$defs/"
+_TEXT: dict[str, Any] = {"type": "string"}
+_BOOL: dict[str, Any] = {"type": "boolean"}
+_NAMES: dict[str, Any] = {"$ref": _REF + "names"}
+
+# One fragment per key of each loader table; build_schema refuses a table key without one.
+_TOP: dict[str, Any] = {
+    "workflow": {"$ref": _REF + "identifier"},
+    "version": {"type": "integer", "minimum": 1, "default": 1},
+    "title": _TEXT,
+    "description": _TEXT,
+    "roles": {
+        "oneOf": [
+            {"$ref": _REF + "identifier"},
+            {"type": "array", "items": {"$ref": _REF + "identifier"}, "uniqueItems": True},
+        ]
+    },
+    "start_roles": _NAMES,
+    "fields": {"type": "object", "additionalProperties": {"$ref": _REF + "field"}},
+    "facts": {
+        "type": "object",
+        "additionalProperties": {
+            "type": "object",
+            "additionalProperties": {"$ref": _REF + "field_type"},
+        },
+    },
+    "states": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "state"}},
+    "transitions": {"type": "array", "items": {"$ref": _REF + "transition"}},
+    "rules": {"type": "object", "additionalProperties": {"$ref": _REF + "rule"}},
+}
+_STATE: dict[str, Any] = {
+    "name": {"$ref": _REF + "identifier"},
+    "initial": _BOOL,
+    "final": _BOOL,
+    "description": _TEXT,
+    "states": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "state"}},
+}
+_TRANSITION: dict[str, Any] = {
+    "trigger": {"$ref": _REF + "identifier"},
+    "from": {
+        "oneOf": [
+            {"$ref": _REF + "state_ref"},
+            {"type": "array", "minItems": 1, "items": {"$ref": _REF + "state_ref"}},
+        ]
+    },
+    "to": {"$ref": _REF + "state_ref"},
+    "roles": _NAMES,
+    "rules": _NAMES,
+    "description": _TEXT,
+}
+_RULE: dict[str, Any] = {
+    "when": {"type": "string", "minLength": 1},
+    "effect": {"enum": list(EFFECTS), "default": "block"},
+    "message": {"type": "string", "minLength": 1},
+    "hint": _TEXT,
+    "override_roles": _NAMES,
+    "description": _TEXT,
+}
+_FIELD: dict[str, Any] = {
+    "type": {"$ref": _REF + "field_type"},
+    "required": _BOOL,
+    "default": {"type": ["string", "number", "boolean", "null"]},
+    "description": _TEXT,
+}
+
+
+def _object(table: Mapping[str, bool], fragments: Mapping[str, Any], what: str) -> dict[str, Any]:
+    missing = set(table) - set(fragments)
+    extra = set(fragments) - set(table)
+    if missing or extra:
+        raise AssertionError(f"schema fragments for {what} disagree with the loader: {missing=}")
+    return {
+        "type": "object",
+        "properties": {key: fragments[key] for key in table},
+        "required": [key for key, required in table.items() if required],
+        "additionalProperties": False,
+    }
+
+
+def build_schema() -> dict[str, Any]:
+    """Build the workflow document's JSON Schema from the loader's key tables."""
+    identifier = {"type": "string", "pattern": f"^{IDENTIFIER.pattern}$"}
+    state_path = f"^{IDENTIFIER.pattern}(\\.{IDENTIFIER.pattern})*$"
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "crmflow workflow",
+        "description": "A crmflow workflow definition (see docs/yaml-reference.md).",
+        **_object(TOP_LEVEL_KEYS, _TOP, "the workflow"),
+        "$defs": {
+            "identifier": identifier,
+            "names": {
+                "oneOf": [
+                    {"$ref": _REF + "identifier"},
+                    {"type": "array", "items": {"$ref": _REF + "identifier"}},
+                ]
+            },
+            "field_type": {"enum": list(FIELD_TYPES)},
+            "state_ref": {
+                "type": "string",
+                "anyOf": [{"pattern": state_path}, {"const": ANY_STATE}],
+            },
+            "state": {
+                "oneOf": [
+                    {"$ref": _REF + "identifier"},
+                    _object(STATE_KEYS, _STATE, "a state"),
+                ]
+            },
+            "transition": _object(TRANSITION_KEYS, _TRANSITION, "a transition"),
+            "rule": _object(RULE_KEYS, _RULE, "a rule"),
+            "field": {
+                "oneOf": [
+                    {"$ref": _REF + "field_type"},
+                    _object(FIELD_KEYS, _FIELD, "a field"),
+                ]
+            },
+        },
+    }
+    return schema
+
+
+def schema_path() -> Path:
+    """Path of the shipped schema file (package data next to the code)."""
+    return Path(__file__).resolve().parent.parent / "schema" / "workflow.schema.json"
+
+
+def load_schema() -> dict[str, Any]:
+    """Read the shipped schema."""
+    result: dict[str, Any] = json.loads(schema_path().read_text(encoding="utf-8"))
+    return result
+
+
+def render_schema() -> str:
+    """Return the schema as the shipped file's text (2-space indent, trailing newline)."""
+    return json.dumps(build_schema(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    # Regenerate the shipped file after changing the loader's key tables.
+    schema_path().write_text(render_schema(), encoding="utf-8")
+    sys.stdout.write(f"wrote {schema_path()}\n")
