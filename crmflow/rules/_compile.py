@@ -1,0 +1,414 @@
+"""Compile a typed ``when`` condition into a durable_rules JSON condition.
+
+The compiled condition reads one message shaped ``{"v": facts, "x": extras}``:
+
+* ``v.<field>`` and ``v.<namespace>.<attribute>`` hold the facts the condition reads.
+  Numbers (int and decimal alike) are posted as exact integers scaled by ``10**SCALE``;
+  dates as ordinal days, datetimes as microseconds since the epoch (UTC).
+* ``x.d<i>`` hold *derived* values computed by the shared Python evaluator: function calls,
+  string concatenation and membership in a list-valued fact. durable_rules has no functions,
+  so their results are posted as values and the logic around them stays in durable.
+* ``x.zero`` = 0 and ``x.one`` = 1 serve comparisons with no fact on either side
+  (``a + b > c + d`` becomes ``0 > (c + d) - (a + b)``) and the constants True/False.
+
+The null rule is compiled explicitly (durable's own handling of null differs from ours): every
+comparison carries its guards, and negation is pushed down to the atoms (durable has no
+general ``not``).
+
+Not compiled (the rule is decided by the Python evaluator; see docs/rules.md): ``/`` anywhere
+(durable divides integers by truncation), ``*`` unless one side is an integer constant (scaled
+x scaled would need rescaling), literals with more than ``SCALE`` decimal places, and
+conditions whose disjunctive form has more than ``MAX_BRANCHES`` branches.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ._ast import (
+    Attr,
+    BinOp,
+    BoolOp,
+    Call,
+    Compare,
+    Const,
+    Expr,
+    ListLit,
+    Member,
+    Name,
+    Not,
+    Unary,
+    walk,
+)
+from ._evaluate import Env, compare, evaluate
+
+__all__ = ["LIMIT", "SCALE", "DurablePlan", "NotCompilable", "encode", "plan_condition"]
+
+#: Decimal places kept exactly in durable: values are posted as integers x 10**SCALE.
+SCALE = 4
+_FACTOR = 10**SCALE
+#: durable numbers are C doubles: integers are exact strictly below 2**53.
+LIMIT = 2**53
+#: Largest disjunctive-normal-form size sent to durable (its rete expands ``$or``).
+MAX_BRANCHES = 64
+
+_OPS = {"==": "$eq", "!=": "$neq", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+_FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_INVERSE = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+_EPOCH = _dt.datetime(1970, 1, 1)
+_WIDE = decimal.Context(prec=400)
+
+
+class NotCompilable(Exception):
+    """The condition cannot be decided exactly by durable; the reason says why."""
+
+
+class Inexact(Exception):
+    """A value cannot be posted to durable exactly."""
+
+
+# Formulas: True / False / ("atom", json) / ("and", [...]) / ("or", [...]).
+Formula = Any
+
+
+def _and(*parts: Formula) -> Formula:
+    out: list[Formula] = []
+    for p in parts:
+        if p is False:
+            return False
+        if p is True:
+            continue
+        out.extend(p[1] if p[0] == "and" else [p])
+    if not out:
+        return True
+    return out[0] if len(out) == 1 else ("and", out)
+
+
+def _or(*parts: Formula) -> Formula:
+    out: list[Formula] = []
+    for p in parts:
+        if p is True:
+            return True
+        if p is False:
+            continue
+        out.extend(p[1] if p[0] == "or" else [p])
+    if not out:
+        return False
+    return out[0] if len(out) == 1 else ("or", out)
+
+
+def _branches(f: Formula) -> int:
+    if f is True or f is False or f[0] == "atom":
+        return 1
+    if f[0] == "or":
+        return sum(_branches(p) for p in f[1])
+    n = 1
+    for p in f[1]:
+        n *= _branches(p)
+    return n
+
+
+def _to_json(f: Formula) -> dict[str, Any]:
+    if f is True:
+        return {"x.one": 1}
+    if f is False:
+        return {"x.one": 0}
+    if f[0] == "atom":
+        atom: dict[str, Any] = f[1]
+        return atom
+    return {"$" + f[0]: [_to_json(p) for p in f[1]]}
+
+
+def encode(typ: str, value: Any) -> Any:
+    """Encode one normalised value for a durable message; raises Inexact when impossible."""
+    if value is None or typ == "bool":
+        return value
+    if typ in ("int", "decimal"):
+        # scaleb rounds to the context precision; an exact context keeps 1.000…001 inexact.
+        scaled = Decimal(value).scaleb(SCALE, context=_WIDE)
+        if scaled != scaled.to_integral_value():
+            raise Inexact(f"{value} has more than {SCALE} decimal places")
+        as_int = int(scaled)
+        if abs(as_int) >= LIMIT:
+            raise Inexact(f"{value} is too large")
+        return as_int
+    if typ == "str":
+        if "\x00" in value:
+            raise Inexact("NUL character in string")  # C strings end at NUL
+        return value
+    if typ == "date":
+        return value.toordinal()
+    if typ == "datetime":
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    raise Inexact(f"type {typ} is not posted")
+
+
+@dataclass(frozen=True)
+class DurablePlan:
+    """How one rule's condition is decided in durable.
+
+    Attributes:
+        condition: the durable JSON condition (for the ``"m"`` event).
+        paths: message path → (IR node reading it, type); facts the message must carry.
+        derived: message path → node computed by the Python evaluator.
+        growth: bound on how many leaf magnitudes an intermediate numeric value can sum.
+        literal_max: largest scaled numeric literal in the condition.
+
+    """
+
+    condition: dict[str, Any]
+    paths: dict[str, tuple[Expr, str]]
+    derived: dict[str, Expr]
+    growth: int
+    literal_max: int
+
+    def message(self, env: Env, sid: str, mid: str) -> dict[str, Any]:
+        """Build the message to post; raises Inexact when durable cannot decide exactly."""
+        values: dict[str, Any] = {}
+        extras: dict[str, Any] = {"zero": 0, "one": 1}
+        biggest = self.literal_max
+        for path, (node, typ) in self.paths.items():
+            encoded = encode(typ, evaluate(node, env))
+            parts = path.split(".")[1:]
+            target = values
+            for key in parts[:-1]:
+                target = target.setdefault(key, {})
+            target[parts[-1]] = encoded
+            if typ in ("int", "decimal") and encoded is not None:
+                biggest = max(biggest, abs(encoded))
+        for path, node in self.derived.items():
+            encoded = encode(node.typ, evaluate(node, env))
+            extras[path.split(".", 1)[1]] = encoded
+            if node.typ in ("int", "decimal") and encoded is not None:
+                biggest = max(biggest, abs(encoded))
+        if biggest * self.growth >= LIMIT:
+            raise Inexact("intermediate values could exceed 2**53")
+        return {"sid": sid, "id": mid, "v": values, "x": extras}
+
+
+class _Planner:
+    def __init__(self) -> None:
+        self.paths: dict[str, tuple[Expr, str]] = {}
+        self.derived: dict[str, Expr] = {}
+        self.derived_ids: dict[Expr, str] = {}
+        self.growth = 1
+        self.literal_max = 0
+
+    # -- values -------------------------------------------------------------------------
+    def is_derived(self, node: Expr) -> bool:
+        if isinstance(node, Call):
+            return True
+        if isinstance(node, BinOp) and node.typ == "str":
+            return True
+        return isinstance(node, Member) and not isinstance(node.haystack, ListLit)
+
+    def path_of(self, node: Expr) -> str | None:
+        if isinstance(node, Name):
+            path = f"v.{node.id}"
+        elif isinstance(node, Attr):
+            path = f"v.{node.ns}.{node.attr}"
+        elif self.is_derived(node):
+            if node not in self.derived_ids:
+                path = f"x.d{len(self.derived_ids)}"
+                self.derived_ids[node] = path
+                self.derived[path] = node
+            return self.derived_ids[node]
+        else:
+            return None
+        self.paths[path] = (node, node.typ)
+        return path
+
+    def leaf_paths(self, node: Expr) -> list[str]:
+        """Paths whose null-ness makes ``node`` null (null propagates through arithmetic)."""
+        direct = self.path_of(node)
+        if direct is not None:
+            return [direct]
+        if isinstance(node, Unary):
+            return self.leaf_paths(node.operand)
+        if isinstance(node, BinOp):
+            return self.leaf_paths(node.left) + self.leaf_paths(node.right)
+        return []
+
+    def folded(self, node: Expr) -> Const | None:
+        """Return the constant value of a subtree that reads nothing, else None."""
+        if isinstance(node, Const):
+            return node
+        if any(isinstance(n, Name | Attr | Call) for n in walk(node)):
+            return None
+        empty = Env({}, {}, {}, None)
+        return Const(value=evaluate(node, empty), typ=node.typ)
+
+    def literal(self, const: Const) -> Any:
+        try:
+            encoded = encode(const.typ, const.value)
+        except Inexact as exc:
+            raise NotCompilable(f"literal {const.value}: {exc}") from None
+        if const.typ in ("int", "decimal") and encoded is not None:
+            self.literal_max = max(self.literal_max, abs(encoded))
+        return encoded
+
+    def numeric(self, node: Expr) -> tuple[Any, int]:
+        """Return (durable JSON, growth) for a numeric expression."""
+        const = self.folded(node)
+        if const is not None:
+            return self.literal(const), 1
+        path = self.path_of(node)
+        if path is not None:
+            return {"$m": path}, 1
+        if isinstance(node, Unary):
+            inner, g = self.numeric(node.operand)
+            if node.op == "+":
+                return inner, g
+            return {"$mul": {"$l": -1, "$r": inner}}, g
+        if isinstance(node, BinOp):
+            if node.op in ("+", "-"):
+                left, gl = self.numeric(node.left)
+                right, gr = self.numeric(node.right)
+                key = "$add" if node.op == "+" else "$sub"
+                return {key: {"$l": left, "$r": right}}, gl + gr
+            if node.op == "*":
+                for factor, other in ((node.left, node.right), (node.right, node.left)):
+                    k = self.folded(factor)
+                    if k is None or k.value is None:
+                        continue
+                    kv = Decimal(k.value)
+                    if kv != kv.to_integral_value() or abs(kv) >= LIMIT:
+                        raise NotCompilable("multiplication by a non-integer constant")
+                    inner, g = self.numeric(other)
+                    return {"$mul": {"$l": int(kv), "$r": inner}}, g * max(abs(int(kv)), 1)
+                raise NotCompilable("multiplication of two facts")
+        raise NotCompilable(f"{type(node).__name__} in arithmetic")  # pragma: no cover
+
+    def operand(self, node: Expr) -> tuple[str, Any, int]:
+        """Classify an operand as ("path", path, 1), ("const", Const, 1) or ("expr", json, g)."""
+        const = self.folded(node)
+        if const is not None:
+            return "const", const, 1
+        path = self.path_of(node)
+        if path is not None:
+            return "path", path, 1
+        json, g = self.numeric(node)
+        return "expr", json, g
+
+    def value_json(self, kind: str, payload: Any) -> Any:
+        if kind == "path":
+            return {"$m": payload}
+        if kind == "const":
+            return self.literal(payload)
+        return payload
+
+    # -- comparisons --------------------------------------------------------------------
+    def raw_compare(self, op: str, left: Expr, right: Expr) -> Formula:
+        """Build the bare comparison; it is valid only when neither side is null."""
+        lk, lp, lg = self.operand(left)
+        rk, rp, rg = self.operand(right)
+        self.growth = max(self.growth, lg + rg)
+        if lk == "const" and rk == "const":
+            return compare(op, lp.value, rp.value)
+        if lk == "path":
+            rhs = self.value_json(rk, rp)
+            return ("atom", {lp: rhs} if op == "==" else {_OPS[op]: {lp: rhs}})
+        if rk == "path":
+            lhs = self.value_json(lk, lp)
+            flipped = _FLIP[op]
+            return ("atom", {rp: lhs} if flipped == "==" else {_OPS[flipped]: {rp: lhs}})
+        # Neither side is a plain value: 0 op (right - left)  <=>  left op right.
+        diff = {"$sub": {"$l": self.value_json(rk, rp), "$r": self.value_json(lk, lp)}}
+        return ("atom", {_OPS[op]: {"x.zero": diff}})
+
+    def null(self, node: Expr) -> Formula:
+        const = self.folded(node)
+        if const is not None:
+            return const.value is None
+        return _or(*[("atom", {p: None}) for p in self.leaf_paths(node)])
+
+    def not_null(self, node: Expr) -> Formula:
+        const = self.folded(node)
+        if const is not None:
+            return const.value is not None
+        return _and(*[("atom", {"$neq": {p: None}}) for p in self.leaf_paths(node)])
+
+    def equality(self, left: Expr, right: Expr, positive: bool) -> Formula:
+        both_null = _and(self.null(left), self.null(right))
+        both_set = _and(self.not_null(left), self.not_null(right))
+        if both_set is False:
+            cmp_eq: Formula = False
+            cmp_ne: Formula = False
+        else:
+            cmp_eq = self.raw_compare("==", left, right)
+            cmp_ne = self.raw_compare("!=", left, right)
+        if positive:
+            return _or(both_null, _and(both_set, cmp_eq))
+        some_set = _or(self.not_null(left), self.not_null(right))
+        some_null = _or(self.null(left), self.null(right))
+        return _and(some_set, _or(some_null, cmp_ne))
+
+    # -- conditions ---------------------------------------------------------------------
+    def cond(self, node: Expr, positive: bool) -> Formula:
+        if isinstance(node, BoolOp):
+            parts = [self.cond(v, positive) for v in node.values]
+            return _and(*parts) if (node.op == "and") == positive else _or(*parts)
+        if isinstance(node, Not):
+            return self.cond(node.operand, not positive)
+        if isinstance(node, Compare):
+            if node.op in ("==", "!="):
+                return self.equality(node.left, node.right, positive == (node.op == "=="))
+            if positive:
+                return _and(
+                    self.not_null(node.left),
+                    self.not_null(node.right),
+                    self.raw_compare(node.op, node.left, node.right),
+                )
+            return _or(
+                self.null(node.left),
+                self.null(node.right),
+                self.raw_compare(_INVERSE[node.op], node.left, node.right),
+            )
+        if isinstance(node, Member) and isinstance(node.haystack, ListLit):
+            want = positive != node.negated
+            items = [Const(value=i.value, typ=i.typ) for i in node.haystack.items]
+            if want:
+                return _and(
+                    self.not_null(node.needle),
+                    _or(*[self.raw_compare("==", node.needle, i) for i in items]),
+                )
+            return _or(
+                self.null(node.needle),
+                _and(*[self.raw_compare("!=", node.needle, i) for i in items]),
+            )
+        const = self.folded(node)
+        if const is not None:
+            return (const.value is True) == positive
+        path = self.path_of(node)
+        if path is None:  # pragma: no cover - every bool-typed node is handled above
+            raise NotCompilable(f"{type(node).__name__} as a condition")
+        if positive:
+            return ("atom", {path: True})
+        return _or(("atom", {path: None}), ("atom", {path: False}))
+
+
+def plan_condition(when: Expr) -> DurablePlan:
+    """Compile a typed bool condition; raises NotCompilable when durable can't be exact."""
+    for node in walk(when):
+        if isinstance(node, BinOp) and node.op == "/":
+            raise NotCompilable("division (durable truncates integer quotients)")
+    planner = _Planner()
+    formula = planner.cond(when, True)
+    if _branches(formula) > MAX_BRANCHES:
+        raise NotCompilable(f"condition expands to more than {MAX_BRANCHES} branches")
+    # Only the paths the final formula mentions need posting.
+    text = repr(formula)
+    paths = {p: v for p, v in planner.paths.items() if repr(p) in text}
+    derived = {p: v for p, v in planner.derived.items() if repr(p) in text}
+    return DurablePlan(
+        condition=_to_json(formula),
+        paths=paths,
+        derived=derived,
+        growth=planner.growth,
+        literal_max=planner.literal_max,
+    )
