@@ -111,7 +111,8 @@ def test_rule_keeps_raw_expressions_and_positions(sales_order: WorkflowDef) -> N
     when = rule.positions["when"]
     assert (when.line, when.column, when.path) == (31, 11, "rules.credit_limit.when")
     message = rule.positions["message"]
-    assert (message.line, message.column) == (34, 14)
+    # A quoted value's position is its first character inside the quotes.
+    assert (message.line, message.column) == (34, 15)
     assert rule.positions["hint"].line == 35
     assert (rule.pos.line, rule.pos.column, rule.pos.path) == (30, 3, "rules.credit_limit")
     assert sales_order.rules["prepayment"].effect == "block"

@@ -29,6 +29,7 @@ from crmflow.engine._model import (
     EFFECTS,
     FIELD_TYPES,
     STATE_SEPARATOR,
+    ActionDef,
     FieldDef,
     RuleDef,
     SourcePos,
@@ -47,6 +48,7 @@ from crmflow.engine._yaml import (
 )
 
 __all__ = [
+    "ACTION_KEYS",
     "ANY_STATE",
     "FIELD_KEYS",
     "IDENTIFIER",
@@ -94,9 +96,12 @@ TRANSITION_KEYS: Mapping[str, bool] = MappingProxyType(
         "to": False,
         "roles": False,
         "rules": False,
+        "actions": False,
         "description": False,
     }
 )
+#: Keys of one entry of a transition's ``actions`` list.
+ACTION_KEYS: Mapping[str, bool] = MappingProxyType({"action": True, "with": False})
 RULE_KEYS: Mapping[str, bool] = MappingProxyType(
     {
         "when": True,
@@ -678,6 +683,7 @@ class _Builder:
                     )
                 elif rule not in rules:
                     rules.append(rule)
+        actions = self.actions(spec["actions"], (*path, "actions")) if "actions" in spec else ()
         description = self.text_value(spec, "description", path)
         if not complete or len(self.errors) > failed or trigger is None:
             raise _Skip()
@@ -707,9 +713,38 @@ class _Builder:
                 pos=self.doc.pos(path),
                 positions=positions,
                 internal=internal,
+                actions=actions,
             )
             for pair_sources, pair_dest in pairs
         )
+
+    def actions(self, value: Any, path: KeyPath) -> tuple[ActionDef, ...]:
+        """Parse a transition's ``actions``: a list of names or ``{action: name, with: {...}}``."""
+        items = self.expect(value, list, path, "a list of actions")
+        result: list[ActionDef] = []
+        for index, item in enumerate(items):
+            item_path = (*path, index)
+            try:
+                if isinstance(item, str):
+                    name = self.identifier(item, item_path, "action name")
+                    result.append(ActionDef(name=name, pos=self.doc.pos(item_path)))
+                    continue
+                spec = self.expect(item, dict, item_path, "an action name or mapping")
+                if not self.check_keys(spec, item_path, ACTION_KEYS, "an action"):
+                    continue
+                name = self.identifier(spec["action"], (*item_path, "action"), "action name")
+                params = spec.get("with") or {}
+                params = self.expect(params, dict, (*item_path, "with"), "a mapping of parameters")
+                result.append(
+                    ActionDef(
+                        name=name,
+                        params=MappingProxyType(dict(params)),
+                        pos=self.doc.pos((*item_path, "action")),
+                    )
+                )
+            except _Skip:
+                continue
+        return tuple(result)
 
     def sources(
         self, value: Any, path: KeyPath, dest: str | None, internal: bool = False
@@ -736,10 +771,12 @@ class _Builder:
                 raise self.error(f"{ANY_STATE!r} matches no state here", path)
             return expanded
         result: list[str] = []
+        failed = False
         for item, item_path in entries:
             try:
                 name = self.resolve_state(item, item_path)
             except _Skip:
+                failed = True
                 continue
             if self.states[name].final:
                 self.error(
@@ -747,10 +784,11 @@ class _Builder:
                     item_path,
                     hint="remove 'final: true' or this transition",
                 )
+                failed = True
                 continue
             if name not in result:
                 result.append(name)
-        if len(result) != len(dict.fromkeys(e for e, _ in entries)):
+        if failed:
             raise _Skip()
         return tuple(result)
 

@@ -71,6 +71,15 @@ class StateDef:
 
 
 @dataclass(frozen=True)
+class ActionDef:
+    """A custom action a transition runs inside its transaction (``crmflow_run_action``)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    pos: SourcePos = NOWHERE
+
+
+@dataclass(frozen=True)
 class TransitionDef:
     """A transition: ``trigger`` moves an instance from any of ``sources`` to ``dest``.
 
@@ -89,6 +98,7 @@ class TransitionDef:
     pos: SourcePos = NOWHERE
     positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
     internal: bool = False
+    actions: tuple[ActionDef, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,23 @@ _TRANSITION: dict[str, Any] = {
     "to": {"$ref": _REF + "state_ref"},
     "roles": _NAMES,
     "rules": _NAMES,
+    "actions": {
+        "type": "array",
+        "items": {
+            "oneOf": [
+                {"$ref": _REF + "identifier"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "action": {"$ref": _REF + "identifier"},
+                        "with": {"type": "object"},
+                    },
+                    "required": ["action"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
+    },
     "description": _TEXT,
 }
 _RULE: dict[str, Any] = {

@@ -310,7 +310,11 @@ class _Walker:
     def walk(self, node: yaml.Node, path: KeyPath) -> Any:
         """Return the plain value of ``node``, which sits at ``path``."""
         self._check_tag(node, path)
-        self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"'):
+            # Point at the text itself, so that a column inside an expression maps onto the file.
+            column += 1
+        self.values[path] = (line, column)
         if isinstance(node, yaml.ScalarNode):
             self.raw[path] = node.value
             return _scalar_value(node, self.source, path)
