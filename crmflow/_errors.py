@@ -61,6 +61,7 @@ class DefinitionError(CrmflowError):
         reason: the message without location and suggestions.
         suggestions: the nearest valid names, best first.
         hint: an optional sentence on how to fix it.
+
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class ExpressionError(CrmflowError):
         column: 1-based column inside the expression.
         suggestions: nearest valid names.
         hint: an optional sentence on how to fix it.
+
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class UnknownTrigger(CrmflowError):
         trigger: the trigger asked for.
         state: the instance's current state ("" when the trigger is unknown everywhere).
         suggestions: nearest valid triggers.
+
     """
 
     def __init__(
@@ -179,14 +182,26 @@ class PermissionDenied(CrmflowError):
         actor: the actor's id.
         operation: what was attempted (a trigger name, ``start``, ``override`` ...).
         required_roles: roles any of which would have been enough.
+        actor_roles: the roles the actor holds.
+
     """
 
-    def __init__(self, actor: str, operation: str, required_roles: Sequence[str]) -> None:
+    def __init__(
+        self,
+        actor: str,
+        operation: str,
+        required_roles: Sequence[str],
+        actor_roles: Sequence[str] = (),
+    ) -> None:
         self.actor = actor
         self.operation = operation
         self.required_roles = tuple(required_roles)
+        self.actor_roles = tuple(sorted(actor_roles))
         roles = ", ".join(self.required_roles) or "(none)"
-        super().__init__(f"{actor!r} may not {operation}: requires one of the roles {roles}")
+        held = ", ".join(self.actor_roles) or "none"
+        super().__init__(
+            f"{actor!r} (roles: {held}) may not {operation}: requires one of the roles {roles}"
+        )
 
 
 class ConcurrencyConflict(CrmflowError):
@@ -196,6 +211,7 @@ class ConcurrencyConflict(CrmflowError):
         key: the instance key.
         expected_version: the version this writer read.
         actual_version: the version found when writing (``None`` when unknown).
+
     """
 
     def __init__(self, key: str, expected_version: int, actual_version: int | None = None) -> None:
@@ -215,6 +231,7 @@ class MissingFact(CrmflowError):
         namespace: the fact namespace, e.g. ``customer``.
         attribute: the attribute, e.g. ``open_balance`` ("" when the whole namespace is missing).
         rule: the rule that needed it.
+
     """
 
     def __init__(self, namespace: str, attribute: str, rule: str) -> None:
@@ -235,6 +252,7 @@ class InvalidData(CrmflowError):
         field: the offending field.
         reason: what is wrong.
         suggestions: nearest declared field names.
+
     """
 
     def __init__(self, field: str, reason: str, suggestions: Sequence[str] = ()) -> None:

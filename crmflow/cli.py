@@ -1,0 +1,158 @@
+"""The ``crmflow`` command line: validate, lint, diagram, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crmflow._errors import CrmflowError, DefinitionError
+from crmflow.engine._check import check_path
+from crmflow.engine._diagram import mermaid, render_svg
+from crmflow.engine._loader import load_definitions, load_workflow_file
+
+__all__ = ["main"]
+
+#: Exit codes: 0 fine, 1 the input has problems, 2 the command was used wrongly.
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def default_workflows_dir() -> Path:
+    """The shipped ``workflows/`` directory (beside the package in a checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (Path.cwd() / "workflows", here.parent / "workflows"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "workflows"
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.paths:
+        report = check_path(path)
+        for error in report.errors:
+            print(error.render(), file=sys.stderr)
+        for defn in report.definitions:
+            print(
+                f"ok  {defn.source}: {defn.name} v{defn.version} "
+                f"({len(defn.states)} states, {len(defn.transitions)} transitions, "
+                f"{len(defn.rules)} rules)"
+            )
+        failed = failed or not report.ok
+    if failed:
+        print("validation failed", file=sys.stderr)
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.paths:
+        report = check_path(path, run_lint=True)
+        for error in report.errors:
+            print(error.render(), file=sys.stderr)
+        for issue in report.issues:
+            print(issue.render())
+        warnings = [i for i in report.issues if i.severity == "warning"]
+        failed = failed or not report.ok or (args.strict and bool(warnings))
+    if not failed:
+        print("lint: no problems found" if not args.strict else "lint: clean")
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _find_workflow(name_or_file: str, search: Path) -> Path | None:
+    candidate = Path(name_or_file)
+    if candidate.is_file():
+        return candidate
+    for defn in load_definitions(search):
+        if defn.name == name_or_file:
+            return Path(defn.source)
+    return None
+
+
+def _cmd_diagram(args: argparse.Namespace) -> int:
+    search = Path(args.path) if args.path else default_workflows_dir()
+    file = _find_workflow(args.workflow, search)
+    if file is None:
+        print(f"no workflow named {args.workflow!r} under {search}", file=sys.stderr)
+        return EXIT_USAGE
+    defn = load_workflow_file(file)
+    if args.format == "svg":
+        svg = render_svg(defn)
+        if svg is None:
+            print(
+                "SVG needs Graphviz's `dot` on PATH (apt-get install graphviz); "
+                "use --format mermaid",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        output: str | bytes = svg
+    else:
+        output = mermaid(defn, current=args.current)
+    if args.output:
+        mode = "wb" if isinstance(output, bytes) else "w"
+        with open(args.output, mode) as handle:
+            handle.write(output)
+    elif isinstance(output, bytes):
+        sys.stdout.buffer.write(output)
+    else:
+        print(output)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from crmflow._demo import run_demo
+
+    return run_demo(
+        Path(args.db), Path(args.workflows) if args.workflows else default_workflows_dir()
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="crmflow", description="Workflow and rules engine for CRM and ERP processes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="load and compile workflows; report every error")
+    p.add_argument("paths", nargs="+", help="workflow files or directories")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("lint", help="validate, then look for unreachable and dead-end states")
+    p.add_argument("paths", nargs="+", help="workflow files or directories")
+    p.add_argument("--strict", action="store_true", help="treat warnings as failures")
+    p.set_defaults(func=_cmd_lint)
+
+    p = sub.add_parser("diagram", help="draw a workflow (Mermaid text, or SVG with Graphviz)")
+    p.add_argument("workflow", help="a workflow name or a workflow file")
+    p.add_argument("--path", help="where to look for the workflow (default: workflows/)")
+    p.add_argument("--format", choices=["mermaid", "svg"], default="mermaid")
+    p.add_argument("--current", help="highlight this state")
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+    p.set_defaults(func=_cmd_diagram)
+
+    p = sub.add_parser("demo", help="run the sales-order story on an SQLite file and explain it")
+    p.add_argument("--db", default="crmflow-demo.db", help="SQLite file (recreated)")
+    p.add_argument("--workflows", help="workflow directory (default: the shipped workflows/)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except DefinitionError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_PROBLEMS
+    except CrmflowError as exc:
+        print(f"crmflow: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Turn a validated :class:`WorkflowDef` into what the runtime needs.
+
+Rules are compiled against the workflow's fields and fact namespaces (so an unknown name is a
+``DefinitionError`` with file, line and column at load time, never at the first trigger), each
+transition's rules are prepared once on the rules back end, and the ``transitions`` machine is
+built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crmflow._errors import DefinitionError, ExpressionError
+from crmflow._suggest import suggest
+from crmflow.engine._machine import WorkflowMachine
+from crmflow.engine._model import SourcePos, TransitionDef, WorkflowDef
+from crmflow.rules import CompiledRule, FunctionSpec, RulesBackend, Schema, compile_rule
+
+__all__ = [
+    "ACTOR_NAMESPACE",
+    "BUILTIN_FIELDS",
+    "CompiledTransition",
+    "CompiledWorkflow",
+    "build_schema",
+    "check_actions",
+    "compile_workflow",
+]
+
+#: Names every rule can read besides the declared fields.
+BUILTIN_FIELDS: dict[str, str] = {"key": "str", "state": "str", "workflow": "str"}
+#: The acting user, as rules see it.
+ACTOR_NAMESPACE: dict[str, str] = {"id": "str", "roles": "list[str]", "org": "str"}
+
+
+@dataclass
+class CompiledTransition:
+    """A transition with its prepared rules and the facts they read."""
+
+    defn: TransitionDef
+    rules: tuple[CompiledRule, ...]
+    prepared: Any
+    #: namespace -> attributes read, for host-owned fact namespaces only
+    needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class CompiledWorkflow:
+    """Everything the runtime uses for one workflow version."""
+
+    defn: WorkflowDef
+    schema: Schema
+    rules: dict[str, CompiledRule]
+    machine: WorkflowMachine
+    #: state -> trigger -> the transition that fires (innermost source wins)
+    by_state: dict[str, dict[str, CompiledTransition]]
+
+    def transition(self, state: str, trigger: str) -> CompiledTransition | None:
+        """The transition ``trigger`` fires from ``state``, if any."""
+        return self.by_state.get(state, {}).get(trigger)
+
+
+def build_schema(defn: WorkflowDef, functions: Mapping[str, FunctionSpec]) -> Schema:
+    """The names and types a rule of ``defn`` may read."""
+    fields = dict(BUILTIN_FIELDS)
+    fields.update({name: f.type for name, f in defn.fields.items()})
+    namespaces: dict[str, dict[str, str]] = {ns: dict(attrs) for ns, attrs in defn.facts.items()}
+    namespaces["actor"] = dict(ACTOR_NAMESPACE)
+    return Schema(fields=fields, namespaces=namespaces, functions=dict(functions))
+
+
+def _expression_position(
+    defn: WorkflowDef, pos: SourcePos, error: ExpressionError
+) -> tuple[int, int]:
+    """Map a position inside an expression onto the YAML file."""
+    if not pos.line:
+        return 0, 0
+    line = pos.line + error.line - 1
+    column = error.column if error.line > 1 else pos.column + error.column - 1
+    return line, column
+
+
+def _compile_rules(defn: WorkflowDef, schema: Schema) -> dict[str, CompiledRule]:
+    compiled: dict[str, CompiledRule] = {}
+    for name, rule in defn.rules.items():
+        try:
+            compiled[name] = compile_rule(
+                name,
+                when=rule.when,
+                effect=rule.effect,
+                message=rule.message,
+                hint=rule.hint,
+                override_roles=rule.override_roles,
+                schema=schema,
+            )
+        except ExpressionError as exc:
+            part = getattr(exc, "part", "when")
+            pos = rule.positions.get(part, rule.pos)
+            line, column = _expression_position(defn, pos, exc)
+            raise DefinitionError(
+                exc.reason,
+                source=pos.source or defn.source,
+                line=line,
+                column=column,
+                path=f"rules.{name}.{part}",
+                suggestions=exc.suggestions,
+                hint=exc.hint,
+            ) from exc
+    return compiled
+
+
+def _group_name(defn: WorkflowDef, index: int, t: TransitionDef) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", f"{defn.name}_v{defn.version}_{defn.digest[:10]}")
+    return f"{safe}_{index}_{t.trigger}"
+
+
+def compile_workflow(
+    defn: WorkflowDef, backend: RulesBackend, functions: Mapping[str, FunctionSpec]
+) -> CompiledWorkflow:
+    """Compile rules, prepare each transition's rule group and build the machine."""
+    schema = build_schema(defn, functions)
+    rules = _compile_rules(defn, schema)
+    compiled_transitions: list[CompiledTransition] = []
+    for index, t in enumerate(defn.transitions):
+        group = tuple(rules[r] for r in t.rules)
+        prepared = backend.prepare(_group_name(defn, index, t), list(group)) if group else None
+        needs: dict[str, set[str]] = {}
+        for rule in group:
+            for namespace, attribute in rule.needs:
+                if namespace and namespace in defn.facts:
+                    needs.setdefault(namespace, set()).add(attribute)
+        compiled_transitions.append(
+            CompiledTransition(
+                defn=t,
+                rules=group,
+                prepared=prepared,
+                needs={ns: tuple(sorted(attrs)) for ns, attrs in needs.items()},
+            )
+        )
+    by_state: dict[str, dict[str, CompiledTransition]] = {}
+    by_def = {id(ct.defn): ct for ct in compiled_transitions}
+    for state in defn.states.values():
+        if state.children:
+            continue
+        table: dict[str, CompiledTransition] = {}
+        for t in defn.transitions_from(state.name):
+            # transitions_from lists the innermost source first; the first one found wins.
+            table.setdefault(t.trigger, by_def[id(t)])
+        by_state[state.name] = table
+    return CompiledWorkflow(
+        defn=defn, schema=schema, rules=rules, machine=WorkflowMachine(defn), by_state=by_state
+    )
+
+
+def check_actions(defn: WorkflowDef, known: Collection[str]) -> None:
+    """Refuse a transition action that no registered plugin implements."""
+    for index, t in enumerate(defn.transitions):
+        for action in t.actions:
+            if action.name not in known:
+                hint = (
+                    "register a plugin implementing crmflow_run_action and "
+                    "crmflow_known_actions for it"
+                )
+                raise DefinitionError(
+                    f"unknown action {action.name!r}",
+                    source=action.pos.source or defn.source,
+                    line=action.pos.line,
+                    column=action.pos.column,
+                    path=action.pos.path or f"transitions[{index}].actions",
+                    suggestions=suggest(action.name, sorted(known)),
+                    hint=hint,
+                )
+
+
+def referenced_fields(rules: Sequence[CompiledRule]) -> set[str]:
+    """Instance fields the rules read."""
+    return {attr for rule in rules for ns, attr in rule.needs if not ns}

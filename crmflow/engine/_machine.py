@@ -1,0 +1,123 @@
+"""The adapter to ``transitions``: the only module that imports it.
+
+One machine per workflow version, built from our validated model (never from names that
+``transitions`` would resolve into imports). Flat workflows get a plain ``Machine``; workflows
+with sub-states get a ``HierarchicalMachine`` whose separator is ours (``.``), set on a
+subclass so that no other user of ``transitions`` in the process is affected.
+
+Records are not attached to the machine. A small pool of cursor objects carries the state
+through one trigger and goes back to the pool, so memory does not grow with the number of
+records and no cursor is shared between two threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from transitions import Machine, MachineError
+from transitions.extensions import HierarchicalMachine
+from transitions.extensions.nesting import NestedState
+
+from crmflow._errors import CrmflowError
+from crmflow.engine._model import STATE_SEPARATOR, StateDef, WorkflowDef
+
+__all__ = ["WorkflowMachine"]
+
+
+class _DotState(NestedState):  # type: ignore[misc]
+    separator = STATE_SEPARATOR
+
+
+class _DotMachine(HierarchicalMachine):  # type: ignore[misc]
+    state_cls = _DotState
+
+
+class _Cursor:
+    """Carries one record's state through one trigger."""
+
+    state: str
+
+
+def _nested_state_spec(defn: WorkflowDef, state: StateDef) -> dict[str, Any] | str:
+    if not state.children:
+        return state.short_name
+    spec: dict[str, Any] = {
+        "name": state.short_name,
+        "children": [_nested_state_spec(defn, defn.states[c]) for c in state.children],
+    }
+    if state.initial_child is not None:
+        spec["initial"] = defn.states[state.initial_child].short_name
+    return spec
+
+
+class WorkflowMachine:
+    """Applies triggers to states for one workflow version."""
+
+    def __init__(self, defn: WorkflowDef) -> None:
+        self.workflow = defn.name
+        self.nested = any(s.children for s in defn.states.values())
+        initial = defn.leaf_state(defn.initial_state)
+        machine: Any
+        if self.nested:
+            top = [s for s in defn.states.values() if s.parent is None]
+            machine = _DotMachine(
+                model=None,
+                states=[_nested_state_spec(defn, s) for s in top],
+                initial=initial,
+                auto_transitions=False,
+                ignore_invalid_triggers=False,
+            )
+        else:
+            machine = Machine(
+                model=None,
+                states=list(defn.states),
+                initial=initial,
+                auto_transitions=False,
+                ignore_invalid_triggers=False,
+            )
+        for t in defn.transitions:
+            machine.add_transition(t.trigger, list(t.sources), t.dest)
+        self._machine = machine
+        self._pool: list[_Cursor] = []
+        self._pool_lock = threading.Lock()
+
+    def _acquire(self) -> _Cursor:
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        cursor = _Cursor()
+        self._machine.add_model(cursor)
+        return cursor
+
+    def _release(self, cursor: _Cursor) -> None:
+        with self._pool_lock:
+            self._pool.append(cursor)
+
+    def fire(self, state: str, trigger: str) -> str:
+        """Return the state reached by firing ``trigger`` from ``state``.
+
+        The caller has checked that the trigger exists from that state; a refusal here means
+        the definition and the machine disagree, which is a bug, so it raises.
+        """
+        cursor = self._acquire()
+        try:
+            self._machine.set_state(state, cursor)
+            try:
+                fired = cursor.trigger(trigger)  # type: ignore[attr-defined]
+            except MachineError as exc:
+                raise CrmflowError(
+                    f"workflow {self.workflow!r}: trigger {trigger!r} from {state!r} failed: "
+                    f"{exc.value}"
+                ) from exc
+            if not fired:
+                raise CrmflowError(
+                    f"workflow {self.workflow!r}: trigger {trigger!r} from {state!r} did not fire"
+                )
+            return str(cursor.state)
+        finally:
+            self._release(cursor)
+
+    def triggers(self, state: str) -> list[str]:
+        """Triggers the machine accepts from ``state``."""
+        return list(self._machine.get_triggers(state))

@@ -1,0 +1,641 @@
+"""The engine: start instances, fire triggers, list what is available, read history.
+
+One ``fire`` reads the instance outside any transaction, decides (roles, rules, the machine),
+then writes the new state, the history entry and the idempotency record in one storage
+transaction guarded by the version it read. Nothing the engine keeps is global: two engines in
+one process share no workflows, rules or plugins.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from crmflow._clock import Clock, SystemClock
+from crmflow._errors import (
+    ConcurrencyConflict,
+    CrmflowError,
+    InvalidData,
+    MissingFact,
+    PermissionDenied,
+    PluginError,
+    UnknownInstance,
+    UnknownTrigger,
+)
+from crmflow._hashchain import ChainReport, verify_chain
+from crmflow._suggest import suggest
+from crmflow._types import (
+    Actor,
+    FireResult,
+    Instance,
+    Override,
+    Refusal,
+    TransitionContext,
+    TriggerOption,
+)
+from crmflow.engine._compile import (
+    CompiledTransition,
+    CompiledWorkflow,
+    check_actions,
+    compile_workflow,
+)
+from crmflow.engine._data import coerce_value, merge_data, validate_new_data
+from crmflow.engine._loader import load_definitions
+from crmflow.engine._model import ActionDef, WorkflowDef
+from crmflow.plugins._manager import make_plugin_manager
+from crmflow.plugins._storage_api import (
+    HistoryDraft,
+    HistoryRecord,
+    InstanceRecord,
+    Storage,
+    StorageTx,
+)
+from crmflow.rules import FunctionSpec, Verdict, make_backend
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("crmflow")
+
+#: The actor recorded for work the engine does on its own (timers, migrations).
+SYSTEM_ACTOR = Actor("system", roles={"system"})
+
+
+class Engine:
+    """An embeddable workflow engine for one client configuration.
+
+    Args:
+        definitions: validated workflow definitions (see :meth:`from_path`).
+        store: a storage URL: ``memory://`` (default), ``sqlite:///path.db``,
+            ``postgresql://user@host/db``, or any scheme a storage plugin handles.
+        clock: where time comes from (default: the wall clock in UTC).
+        plugins: plugin objects or modules implementing hooks from
+            :mod:`crmflow.plugins.hookspecs`.
+        rules_backend: ``"auto"`` (durable_rules when installed, else pure Python),
+            ``"durable"`` or ``"python"``.
+        load_entry_points: also load plugins installed under the ``crmflow`` entry-point group.
+        name: a label for logs and hook contexts (default: a random id).
+
+    """
+
+    def __init__(
+        self,
+        definitions: Iterable[WorkflowDef],
+        *,
+        store: str = "memory://",
+        clock: Clock | None = None,
+        plugins: Sequence[object] = (),
+        rules_backend: str = "auto",
+        load_entry_points: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.name = name or f"engine-{self.id}"
+        self.clock: Clock = clock or SystemClock()
+        self.plugins = make_plugin_manager(plugins, load_entry_points=load_entry_points)
+        self._rules = make_backend(rules_backend, namespace=f"crmflow_{self.id}")
+        self.rules_backend = self._rules.name
+        self._functions = self._collect_functions()
+        self.known_actions: frozenset[str] = frozenset(
+            name for batch in self.plugins.hook.crmflow_known_actions() for name in batch or ()
+        )
+        self._workflows: dict[tuple[str, int], CompiledWorkflow] = {}
+        self._latest: dict[str, int] = {}
+        for defn in definitions:
+            self.add_definition(defn)
+        storage = self.plugins.hook.crmflow_open_storage(url=store)
+        if storage is None:
+            raise PluginError(
+                f"no storage plugin handles {store!r}; use memory://, sqlite:///FILE or "
+                "postgresql://..., or register a plugin implementing crmflow_open_storage"
+            )
+        self.store: Storage = storage
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_path(cls, path: str | Path, **options: Any) -> Engine:
+        """Load every workflow under ``path`` (a file or a directory) and build an engine."""
+        return cls(load_definitions(path), **options)
+
+    def _collect_functions(self) -> dict[str, FunctionSpec]:
+        functions: dict[str, FunctionSpec] = {}
+        for batch in self.plugins.hook.crmflow_rule_functions():
+            for spec in batch or ():
+                if spec.name in functions:
+                    raise PluginError(f"two plugins register the rule function {spec.name!r}")
+                functions[spec.name] = spec
+        return functions
+
+    def add_definition(self, defn: WorkflowDef) -> None:
+        """Load one more workflow version; instances keep the version they started on."""
+        key = (defn.name, defn.version)
+        if key in self._workflows:
+            raise CrmflowError(f"workflow {defn.name!r} version {defn.version} is already loaded")
+        check_actions(defn, self.known_actions)
+        self._workflows[key] = compile_workflow(defn, self._rules, self._functions)
+        self._latest[defn.name] = max(self._latest.get(defn.name, 0), defn.version)
+
+    @property
+    def workflows(self) -> dict[str, WorkflowDef]:
+        """The newest loaded version of each workflow, by name."""
+        return {name: self._workflows[(name, v)].defn for name, v in self._latest.items()}
+
+    def definition(self, workflow: str, version: int | None = None) -> WorkflowDef:
+        """A loaded workflow definition (the newest version unless ``version`` is given)."""
+        return self._compiled(workflow, version).defn
+
+    def _compiled(self, workflow: str, version: int | None = None) -> CompiledWorkflow:
+        if workflow not in self._latest:
+            raise CrmflowError(
+                f"no workflow named {workflow!r} is loaded"
+                + _did_you_mean(suggest(workflow, list(self._latest)))
+            )
+        wanted = self._latest[workflow] if version is None else version
+        try:
+            return self._workflows[(workflow, wanted)]
+        except KeyError:
+            raise CrmflowError(
+                f"workflow {workflow!r} version {wanted} is not loaded; instances keep the "
+                "version they started on, so load it beside the newer one"
+            ) from None
+
+    def close(self) -> None:
+        """Release storage connections and rules-engine resources."""
+        self.store.close()
+        self._rules.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _record(self, key: str) -> InstanceRecord:
+        record = self.store.get_instance(key)
+        if record is None:
+            raise UnknownInstance(key)
+        return record
+
+    def _instance(self, record: InstanceRecord) -> Instance:
+        defn = self._compiled(record.workflow, record.workflow_version).defn
+        return Instance(
+            key=record.key,
+            workflow=record.workflow,
+            workflow_version=record.workflow_version,
+            state=record.state,
+            data=dict(record.data),
+            version=record.version,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            owner=record.owner,
+            final=defn.states[record.state].final,
+        )
+
+    def get(self, key: str, actor: Actor | None = None) -> Instance:
+        """The instance with ``key``; raises :class:`UnknownInstance` when there is none."""
+        return self._instance(self._record(key))
+
+    def history(self, key: str) -> list[HistoryRecord]:
+        """The instance's history, oldest first."""
+        self._record(key)
+        return self.store.history(key)
+
+    def verify(self, key: str) -> ChainReport:
+        """Check the instance's hash-chained history; ``ok`` is false if a row was edited."""
+        return verify_chain(self.store.history(key))
+
+    # -- starting -------------------------------------------------------------------------
+
+    def start(
+        self,
+        workflow: str,
+        key: str,
+        *,
+        actor: Actor,
+        data: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        owner: str | None = None,
+    ) -> Instance:
+        """Create an instance of ``workflow`` in its initial state.
+
+        Raises :class:`InstanceExists` when ``key`` is taken, :class:`InvalidData` when data
+        does not match the declared fields, :class:`PermissionDenied` when ``start_roles``
+        excludes the actor.
+        """
+        compiled = self._compiled(workflow, version)
+        defn = compiled.defn
+        if not actor.has_any_role(defn.start_roles):
+            raise PermissionDenied(
+                actor.id, f"start a {workflow}", defn.start_roles, sorted(actor.roles)
+            )
+        values = validate_new_data(defn.fields, data or {})
+        state = defn.leaf_state(defn.initial_state)
+        now = self.clock.now()
+        record = InstanceRecord(
+            key=key,
+            workflow=defn.name,
+            workflow_version=defn.version,
+            definition_digest=defn.digest,
+            state=state,
+            data=values,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            owner=owner if owner is not None else actor.id,
+        )
+        with self.store.transaction() as tx:
+            tx.insert_instance(record)
+            tx.append_history(
+                HistoryDraft(
+                    instance_key=key,
+                    at=now,
+                    actor=actor.id,
+                    kind="start",
+                    to_state=state,
+                    changes={k: [None, v] for k, v in values.items() if v is not None},
+                    details={"workflow": defn.name, "version": defn.version},
+                )
+            )
+        return self._instance(record)
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def _facts_for(
+        self,
+        compiled: CompiledWorkflow,
+        ct: CompiledTransition,
+        record: InstanceRecord,
+        data: Mapping[str, Any],
+        actor: Actor,
+        given: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        defn = compiled.defn
+        facts: dict[str, Any] = dict(data)
+        facts.update(key=record.key, state=record.state, workflow=record.workflow)
+        facts["actor"] = {"id": actor.id, "roles": sorted(actor.roles), "org": actor.org}
+        facts["now"] = self.clock.now()
+        given = given or {}
+        for namespace in given:
+            if namespace not in defn.facts:
+                raise InvalidData(
+                    namespace,
+                    f"is not a fact namespace of workflow {defn.name!r}",
+                    suggest(namespace, list(defn.facts)),
+                )
+        for namespace, needed in ct.needs.items():
+            supplied = given.get(namespace)
+            if supplied is None:
+                supplied = self.plugins.hook.crmflow_provide_facts(
+                    namespace=namespace,
+                    instance_key=record.key,
+                    workflow=record.workflow,
+                    data=data,
+                    needed=list(needed),
+                )
+            rule_name = next(
+                (r.name for r in ct.rules if any(ns == namespace for ns, _ in r.needs)), ""
+            )
+            if supplied is None:
+                raise MissingFact(namespace, "", rule_name)
+            declared = defn.facts[namespace]
+            values: dict[str, Any] = {}
+            for attribute in needed:
+                if attribute not in supplied:
+                    raise MissingFact(namespace, attribute, rule_name)
+                values[attribute] = coerce_value(
+                    f"{namespace}.{attribute}", declared[attribute], supplied[attribute]
+                )
+            facts[namespace] = values
+        return facts
+
+    def _verdicts(self, ct: CompiledTransition, facts: Mapping[str, Any]) -> list[Verdict]:
+        if ct.prepared is None:
+            return []
+        return self._rules.evaluate(ct.prepared, facts)
+
+    @staticmethod
+    def _judge(
+        verdicts: Sequence[Verdict], actor: Actor, override: str | None
+    ) -> tuple[list[Refusal], list[Refusal], list[Override]]:
+        refusals: list[Refusal] = []
+        warnings: list[Refusal] = []
+        overrides: list[Override] = []
+        for v in verdicts:
+            if not v.fired:
+                continue
+            refusal = Refusal(v.rule, v.effect, v.message, v.hint, tuple(v.override_roles))
+            if v.effect == "warn":
+                warnings.append(refusal)
+            elif v.effect == "confirm" and override and actor.has_any_role(refusal.override_roles):
+                overrides.append(Override(v.rule, actor.id, override, v.message))
+            elif v.effect == "confirm" and override:
+                roles = ", ".join(refusal.override_roles)
+                refusals.append(
+                    Refusal(
+                        v.rule,
+                        v.effect,
+                        f"{v.message} (an override needs the role {roles}; "
+                        f"{actor.id} does not have it)",
+                        v.hint,
+                        refusal.override_roles,
+                    )
+                )
+            else:
+                refusals.append(refusal)
+        return refusals, warnings, overrides
+
+    def _transition(
+        self, compiled: CompiledWorkflow, record: InstanceRecord, trigger: str
+    ) -> CompiledTransition:
+        ct = compiled.transition(record.state, trigger)
+        if ct is not None:
+            return ct
+        defn = compiled.defn
+        if trigger in defn.triggers:
+            raise UnknownTrigger(
+                trigger,
+                workflow=defn.name,
+                state=record.state,
+                suggestions=tuple(compiled.by_state.get(record.state, {}))[:3],
+            )
+        raise UnknownTrigger(
+            trigger, workflow=defn.name, suggestions=suggest(trigger, list(defn.triggers))
+        )
+
+    # -- firing ---------------------------------------------------------------------------
+
+    def fire(
+        self,
+        key: str,
+        trigger: str,
+        *,
+        actor: Actor,
+        data: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
+        override: str | None = None,
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+    ) -> FireResult:
+        """Fire ``trigger`` on the instance ``key`` as ``actor``.
+
+        ``data`` updates instance fields with the transition; ``facts`` supplies host-owned
+        fact namespaces (others come from ``crmflow_provide_facts`` plugins, only when a rule
+        reads them). ``override`` is the reason given to pass ``confirm`` rules the actor may
+        override. ``idempotency_key`` makes a retried command return the first result.
+        ``expected_version`` refuses to act on a newer version than the caller saw.
+
+        A rule refusal returns ``ok=False`` with the refusals; misuse raises a
+        :class:`CrmflowError`.
+        """
+        if idempotency_key is not None:
+            earlier = self.store.get_idempotency(idempotency_key)
+            if earlier is not None:
+                return self._replay(earlier, key, idempotency_key)
+        record = self._record(key)
+        if expected_version is not None and record.version != expected_version:
+            raise ConcurrencyConflict(key, expected_version, record.version)
+        compiled = self._compiled(record.workflow, record.workflow_version)
+        ct = self._transition(compiled, record, trigger)
+        if not actor.has_any_role(ct.defn.roles):
+            self._record_refusal(
+                record,
+                actor,
+                trigger,
+                "denied",
+                f"requires one of the roles {', '.join(ct.defn.roles)}",
+                {},
+            )
+            raise PermissionDenied(actor.id, trigger, ct.defn.roles, sorted(actor.roles))
+        current = dict(record.data)
+        new_data, changes = merge_data(compiled.defn.fields, current, data)
+        verdicts = self._verdicts(ct, self._facts_for(compiled, ct, record, new_data, actor, facts))
+        refusals, warnings, overrides = self._judge(verdicts, actor, override)
+        if refusals:
+            self._record_refusal(
+                record,
+                actor,
+                trigger,
+                "refused",
+                "; ".join(r.message for r in refusals),
+                {"refusals": [r.as_dict() for r in refusals]},
+            )
+            return FireResult(
+                ok=False,
+                key=key,
+                trigger=trigger,
+                state=record.state,
+                previous_state=record.state,
+                version=record.version,
+                refusals=tuple(refusals),
+                warnings=tuple(warnings),
+            )
+        dest = compiled.machine.fire(record.state, trigger)
+        return self._commit(
+            record, actor, ct, dest, new_data, changes, warnings, overrides, idempotency_key
+        )
+
+    def _replay(self, earlier: Mapping[str, Any], key: str, idempotency_key: str) -> FireResult:
+        result = FireResult.from_dict(earlier, replayed=True)
+        if result.key != key:
+            raise CrmflowError(
+                f"idempotency key {idempotency_key!r} was used for instance {result.key!r}, "
+                f"not {key!r}"
+            )
+        return result
+
+    def _commit(
+        self,
+        record: InstanceRecord,
+        actor: Actor,
+        ct: CompiledTransition,
+        dest: str,
+        new_data: Mapping[str, Any],
+        changes: Mapping[str, Any],
+        warnings: Sequence[Refusal],
+        overrides: Sequence[Override],
+        idempotency_key: str | None,
+    ) -> FireResult:
+        now = self.clock.now()
+        trigger = ct.defn.trigger
+        updated = InstanceRecord(
+            key=record.key,
+            workflow=record.workflow,
+            workflow_version=record.workflow_version,
+            definition_digest=record.definition_digest,
+            state=dest,
+            data=dict(new_data),
+            version=record.version + 1,
+            created_at=record.created_at,
+            updated_at=now,
+            owner=record.owner,
+        )
+        reason = "; ".join(o.reason for o in overrides)
+        context = TransitionContext(
+            engine_name=self.name,
+            key=record.key,
+            workflow=record.workflow,
+            workflow_version=record.workflow_version,
+            trigger=trigger,
+            from_state=record.state,
+            to_state=dest,
+            actor=actor,
+            data_before=dict(record.data),
+            data_after=dict(new_data),
+            at=now,
+            reason=reason,
+        )
+        with self.store.transaction() as tx:
+            tx.update_instance(updated, expected_version=record.version)
+            actions = [self._run_action(action, context, tx) for action in ct.defn.actions]
+            effects: dict[str, Any] = {}
+            if changes:
+                effects["data_changed"] = dict(changes)
+            if actions:
+                effects["actions"] = actions
+            tx.append_history(
+                HistoryDraft(
+                    instance_key=record.key,
+                    at=now,
+                    actor=actor.id,
+                    kind="override" if overrides else "transition",
+                    trigger=trigger,
+                    from_state=record.state,
+                    to_state=dest,
+                    reason=reason,
+                    changes=dict(changes),
+                    details={
+                        "overrides": [o.as_dict() for o in overrides],
+                        "warnings": [w.as_dict() for w in warnings],
+                        "roles": sorted(actor.roles),
+                        "actions": actions,
+                    },
+                )
+            )
+            self.plugins.hook.crmflow_before_commit(context=context, tx=tx)
+            result = FireResult(
+                ok=True,
+                key=record.key,
+                trigger=trigger,
+                state=dest,
+                previous_state=record.state,
+                version=updated.version,
+                warnings=tuple(warnings),
+                overrides=tuple(overrides),
+                effects=effects,
+            )
+            if idempotency_key is not None:
+                tx.put_idempotency(idempotency_key, record.key, result.as_dict(), at=now)
+        self._after_fire(context, result)
+        return result
+
+    def _run_action(
+        self, action: ActionDef, context: TransitionContext, tx: StorageTx
+    ) -> dict[str, Any]:
+        outcome = self.plugins.hook.crmflow_run_action(
+            name=action.name, params=dict(action.params), context=context, tx=tx
+        )
+        if outcome is None:
+            # Load-time checks make this unreachable unless a plugin stops answering.
+            raise PluginError(f"no plugin ran the action {action.name!r}")
+        return {"action": action.name, **dict(outcome)}
+
+    def _after_fire(self, context: TransitionContext, result: FireResult) -> None:
+        try:
+            self.plugins.hook.crmflow_after_fire(context=context, result=result)
+        except Exception:
+            # The change is committed; an observer failing afterwards must not undo or hide it.
+            log.exception("crmflow_after_fire observer failed for %s", context.key)
+
+    def _record_refusal(
+        self,
+        record: InstanceRecord,
+        actor: Actor,
+        trigger: str,
+        kind: str,
+        reason: str,
+        details: Mapping[str, Any],
+    ) -> None:
+        with self.store.transaction() as tx:
+            current = tx.lock_instance(record.key)
+            tx.append_history(
+                HistoryDraft(
+                    instance_key=record.key,
+                    at=self.clock.now(),
+                    actor=actor.id,
+                    kind=kind,
+                    trigger=trigger,
+                    from_state=current.state if current else record.state,
+                    to_state=current.state if current else record.state,
+                    reason=reason,
+                    details=dict(details, roles=sorted(actor.roles)),
+                )
+            )
+
+    # -- what can be done now -------------------------------------------------------------
+
+    def available(
+        self, key: str, actor: Actor, *, facts: Mapping[str, Any] | None = None
+    ) -> list[TriggerOption]:
+        """Every trigger of the instance's current state, for ``actor``, with reasons.
+
+        Nothing is written. A trigger the actor lacks the role for is listed as not allowed
+        with a ``roles`` reason; rules that would refuse are listed with their messages and
+        hints; ``confirm`` rules the actor could override set ``needs_override``.
+        """
+        record = self._record(key)
+        compiled = self._compiled(record.workflow, record.workflow_version)
+        data = dict(record.data)
+        options: list[TriggerOption] = []
+        for trigger, ct in compiled.by_state.get(record.state, {}).items():
+            dest = compiled.defn.leaf_state(ct.defn.dest)
+            reasons: list[Refusal] = []
+            if not actor.has_any_role(ct.defn.roles):
+                roles = ", ".join(ct.defn.roles)
+                reasons.append(
+                    Refusal(
+                        "roles",
+                        "block",
+                        f"{trigger} requires one of the roles {roles}",
+                        f"ask someone with the role {roles}",
+                    )
+                )
+            try:
+                verdicts = self._verdicts(
+                    ct, self._facts_for(compiled, ct, record, data, actor, facts)
+                )
+            except MissingFact as exc:
+                reasons.append(Refusal(exc.rule, "block", str(exc), "supply the fact"))
+                verdicts = []
+            refusals, warnings, _ = self._judge(verdicts, actor, None)
+            reasons.extend(refusals)
+            needs_override = bool(refusals) and all(
+                r.effect == "confirm" and actor.has_any_role(r.override_roles) for r in refusals
+            )
+            options.append(
+                TriggerOption(
+                    trigger=trigger,
+                    dest=dest,
+                    allowed=not reasons,
+                    reasons=tuple(reasons),
+                    warnings=tuple(warnings),
+                    needs_override=needs_override and len(reasons) == len(refusals),
+                )
+            )
+        return options
+
+    def instances(self, workflow: str | None = None) -> list[Instance]:
+        """Every instance (of ``workflow`` when given), in key order."""
+        return [self._instance(r) for r in self.store.iter_instances(workflow)]
+
+    def __repr__(self) -> str:
+        workflows = sorted(self._latest)
+        return f"Engine(name={self.name!r}, store={self.store.url!r}, workflows={workflows})"
+
+
+def _did_you_mean(suggestions: Sequence[str]) -> str:
+    return f" (did you mean {' or '.join(repr(s) for s in suggestions)}?)" if suggestions else ""

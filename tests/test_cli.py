@@ -1,0 +1,93 @@
+"""The command line as an implementer uses it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crmflow.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+
+
+def test_validate_shipped_workflows_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(WORKFLOWS)]) == 0
+    out = capsys.readouterr().out
+    assert "sales_order v1" in out and "deal v1" in out
+
+
+def test_validate_points_at_a_misspelled_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (WORKFLOWS / "sales_order.yaml").read_text()
+    assert "to: approved," in text
+    broken = text.replace("to: approved,", "to: aproved,", 1)
+    target = tmp_path / "sales_order.yaml"
+    target.write_text(broken)
+    line_no = next(i for i, line in enumerate(broken.splitlines(), 1) if "to: aproved" in line)
+    column = broken.splitlines()[line_no - 1].index("aproved") + 1
+
+    assert main(["validate", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert f"{target}:{line_no}:{column}:" in err
+    assert "did you mean 'approved'" in err
+
+
+def test_validate_reports_a_bad_rule_expression_in_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (WORKFLOWS / "sales_order.yaml").read_text()
+    broken = text.replace(
+        "amount + customer.open_balance > customer.credit_limit",
+        "amount + customer.open_balanse > customer.credit_limit",
+        1,
+    )
+    target = tmp_path / "sales_order.yaml"
+    target.write_text(broken)
+    line_no = next(i for i, line in enumerate(broken.splitlines(), 1) if "open_balanse >" in line)
+    assert main(["validate", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert f"{target}:{line_no}:" in err
+    assert "rules.credit_limit.when" in err
+    assert "did you mean 'open_balance'" in err
+
+
+def test_lint_shipped_workflows_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", str(WORKFLOWS)]) == 0
+
+
+def test_diagram_prints_mermaid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diagram", "deal", "--path", str(WORKFLOWS)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("stateDiagram-v2")
+    assert "negotiation" in out and "first_purchase" in out
+
+
+def test_demo_runs_on_sqlite_and_explains(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "crmflow.cli",
+            "demo",
+            "--db",
+            str(db),
+            "--workflows",
+            str(WORKFLOWS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "REFUSED" in out and "credit_limit" in out and "3,000" in out
+    assert "prepayment" in out
+    assert "hash chain intact" in out
+    assert db.exists()
