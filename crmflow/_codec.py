@@ -40,8 +40,23 @@ def to_jsonable(value: Any) -> Any:
         silently turn ``1`` into ``"1"`` and the round trip would not be exact).
     :raises ValueError: for NaN or infinite floats and Decimals (not representable in JSON).
     """
-    # bool before int is not needed (both pass through), but str/int/None are the hot path.
-    if value is None or isinstance(value, (str, bool, int)):
+    kind = type(value)
+    # Exact-type checks first: plain scalars and dicts of them are the hot path of every fire.
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise TypeError(f"mapping keys must be str, got {type(k).__name__} {k!r}")
+            vt = type(v)
+            out[k] = v if vt is str or vt is int or vt is bool or v is None else to_jsonable(v)
+        if len(out) == 1 and next(iter(out)).startswith("$"):
+            return {_MAP: out}
+        return out
+    if kind is list:
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -57,7 +72,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, date):
         return {_DATE: value.isoformat()}
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
+        out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"mapping keys must be str, got {type(k).__name__} {k!r}")

@@ -13,18 +13,27 @@ trust (for example one exported earlier) as ``expected_head`` to detect that too
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from crmflow._codec import canonical_json
+from crmflow._codec import to_jsonable
 
 if TYPE_CHECKING:
     # Only for annotations: keeps this module importable from the plugins package itself.
     from crmflow.plugins._storage_api import HistoryDraft, HistoryRecord
 
-__all__ = ["GENESIS", "ChainReport", "draft_hash", "entry_hash", "record_hash", "verify_chain"]
+__all__ = [
+    "GENESIS",
+    "ChainReport",
+    "draft_hash",
+    "encoded_entry_hash",
+    "entry_hash",
+    "record_hash",
+    "verify_chain",
+]
 
 #: ``prev_hash`` of an instance's first history entry.
 GENESIS = "0" * 64
@@ -46,7 +55,43 @@ def entry_hash(
     details: Mapping[str, Any],
 ) -> str:
     """Return the SHA-256 hex digest chaining one history entry to ``prev_hash``."""
-    body = canonical_json(
+    return encoded_entry_hash(
+        prev_hash,
+        seq=seq,
+        instance_key=instance_key,
+        at=at,
+        actor=actor,
+        kind=kind,
+        trigger=trigger,
+        from_state=from_state,
+        to_state=to_state,
+        reason=reason,
+        changes=to_jsonable(changes),
+        details=to_jsonable(details),
+    )
+
+
+def encoded_entry_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    instance_key: str,
+    at: datetime,
+    actor: str,
+    kind: str,
+    trigger: str,
+    from_state: str,
+    to_state: str,
+    reason: str,
+    changes: Any,
+    details: Any,
+) -> str:
+    """Like :func:`entry_hash`, with ``changes`` and ``details`` already through ``to_jsonable``.
+
+    Storage back ends encode those values anyway to store them; passing the encoded form
+    avoids encoding twice on every write.
+    """
+    body = json.dumps(
         {
             "seq": seq,
             "instance_key": instance_key,
@@ -60,7 +105,11 @@ def entry_hash(
             "reason": reason,
             "changes": changes,
             "details": details,
-        }
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
     )
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 

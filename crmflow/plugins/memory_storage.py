@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from crmflow._codec import dumps, loads
+from crmflow._codec import from_jsonable, to_jsonable
 from crmflow._errors import ConcurrencyConflict, InstanceExists, StorageError
-from crmflow._hashchain import GENESIS, entry_hash
+from crmflow._hashchain import GENESIS, encoded_entry_hash
 from crmflow.plugins._storage_api import HistoryDraft, HistoryRecord, InstanceRecord
 from crmflow.plugins.hookspecs import hookimpl
 
@@ -30,23 +30,44 @@ __all__ = ["MemoryStorage", "MemoryTx", "crmflow_open_storage"]
 
 @dataclass(frozen=True)
 class _StoredInstance:
-    record: InstanceRecord  # with empty data; the data lives encoded in ``data``
-    data: str
+    record: InstanceRecord  # data and all; ``data`` below is the encoded copy that is served
+    data: Any
 
 
 @dataclass(frozen=True)
 class _StoredHistory:
-    record: HistoryRecord  # with empty changes/details, kept encoded below
-    changes: str
-    details: str
+    record: HistoryRecord  # changes/details are served from the encoded copies below
+    changes: Any
+    details: Any
+
+
+# Values are kept in the codec's tagged form (the JSON model without the text): encoding
+# refuses what SQL storage could not store, and decoding builds fresh containers, so callers
+# never share mutable data with the store.
 
 
 def _decode_instance(stored: _StoredInstance) -> InstanceRecord:
-    return replace(stored.record, data=loads(stored.data))
+    r = stored.record
+    return InstanceRecord(
+        key=r.key,
+        workflow=r.workflow,
+        workflow_version=r.workflow_version,
+        definition_digest=r.definition_digest,
+        state=r.state,
+        data=from_jsonable(stored.data),
+        version=r.version,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        owner=r.owner,
+    )
 
 
 def _decode_history(stored: _StoredHistory) -> HistoryRecord:
-    return replace(stored.record, changes=loads(stored.changes), details=loads(stored.details))
+    return replace(
+        stored.record,
+        changes=from_jsonable(stored.changes),
+        details=from_jsonable(stored.details),
+    )
 
 
 class MemoryTx:
@@ -56,7 +77,7 @@ class MemoryTx:
         self._store = store
         self._instances: dict[str, _StoredInstance] = {}
         self._history: dict[str, list[_StoredHistory]] = {}
-        self._idempotency: dict[str, tuple[str, str, str]] = {}
+        self._idempotency: dict[str, tuple[str, Any, str]] = {}
 
     # The store's committed dicts are read without the state lock: only the transaction
     # holding the write lock (this one) ever changes them.
@@ -79,7 +100,7 @@ class MemoryTx:
         """Insert a new instance; raise ``InstanceExists`` when the key is taken."""
         if self._current(record.key) is not None:
             raise InstanceExists(record.key)
-        self._instances[record.key] = _StoredInstance(replace(record, data={}), dumps(record.data))
+        self._instances[record.key] = _StoredInstance(record, to_jsonable(record.data))
 
     def update_instance(self, record: InstanceRecord, expected_version: int) -> None:
         """Compare-and-set on the version; see ``SqlTx.update_instance``."""
@@ -93,8 +114,9 @@ class MemoryTx:
             actual = None if current is None else current.record.version
             raise ConcurrencyConflict(record.key, expected_version, actual)
         # created_at is set once, by the insert (as on the SQL back ends).
-        new = replace(record, data={}, created_at=current.record.created_at)
-        self._instances[record.key] = _StoredInstance(new, dumps(record.data))
+        if record.created_at != current.record.created_at:
+            record = replace(record, created_at=current.record.created_at)
+        self._instances[record.key] = _StoredInstance(record, to_jsonable(record.data))
 
     def append_history(self, draft: HistoryDraft) -> HistoryRecord:
         """Append ``draft`` as the instance's next entry (``seq`` = last + 1, hash-chained)."""
@@ -106,7 +128,8 @@ class MemoryTx:
             last = committed[-1] if committed else None
         seq = 1 if last is None else last.record.seq + 1
         prev_hash = GENESIS if last is None else last.record.hash
-        changes, details = dumps(draft.changes), dumps(draft.details)
+        # Encode once: the tagged form is both what is hashed and what is kept.
+        changes, details = to_jsonable(draft.changes), to_jsonable(draft.details)
         fields: dict[str, Any] = {
             "instance_key": key,
             "seq": seq,
@@ -117,11 +140,12 @@ class MemoryTx:
             "from_state": draft.from_state,
             "to_state": draft.to_state,
             "reason": draft.reason,
-            "changes": loads(changes),
-            "details": loads(details),
         }
-        record = HistoryRecord(**fields, prev_hash=prev_hash, hash=entry_hash(prev_hash, **fields))
-        pending.append(_StoredHistory(replace(record, changes={}, details={}), changes, details))
+        digest = encoded_entry_hash(prev_hash, **fields, changes=changes, details=details)
+        record = HistoryRecord(
+            **fields, changes=draft.changes, details=draft.details, prev_hash=prev_hash, hash=digest
+        )
+        pending.append(_StoredHistory(record, changes, details))
         return record
 
     def put_idempotency(
@@ -140,7 +164,7 @@ class MemoryTx:
             )
             raise err
         created = (at or datetime.now(UTC)).isoformat()
-        self._idempotency[idempotency_key] = (instance_key, dumps(result), created)
+        self._idempotency[idempotency_key] = (instance_key, to_jsonable(result), created)
 
     def _commit(self) -> None:
         store = self._store
@@ -165,7 +189,7 @@ class MemoryStorage:
         self._state_lock = threading.Lock()
         self._instances: dict[str, _StoredInstance] = {}
         self._history: dict[str, list[_StoredHistory]] = {}
-        self._idempotency: dict[str, tuple[str, str, str]] = {}
+        self._idempotency: dict[str, tuple[str, Any, str]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -211,7 +235,7 @@ class MemoryStorage:
         self._check_open()
         with self._state_lock:
             found = self._idempotency.get(idempotency_key)
-        return None if found is None else cast(Mapping[str, Any], loads(found[1]))
+        return None if found is None else cast(Mapping[str, Any], from_jsonable(found[1]))
 
     def iter_instances(self, workflow: str | None = None) -> Iterator[InstanceRecord]:
         """Every instance (of one workflow when given), in key order (a snapshot)."""

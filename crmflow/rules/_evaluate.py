@@ -74,26 +74,30 @@ def _normalize(where: str, typ: str, value: Any) -> Any:
     """Coerce one fact value to its declared type (None stays None)."""
     if value is None:
         return None
-    bad = InvalidData(where, f"expected {typ}, got {type(value).__name__} {value!r}")
+
+    def bad() -> InvalidData:
+        # Built only on failure: formatting the message costs more than the check itself.
+        return InvalidData(where, f"expected {typ}, got {type(value).__name__} {value!r}")
+
     if typ == "str":
         if not isinstance(value, str):
-            raise bad
+            raise bad()
         return value
     if typ == "bool":
         if not isinstance(value, bool):
-            raise bad
+            raise bad()
         return value
     if typ == "int":
         if isinstance(value, bool):
-            raise bad
+            raise bad()
         if isinstance(value, int):
             return value
         if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
             return int(value)
-        raise bad
+        raise bad()
     if typ == "decimal":
         if isinstance(value, bool):
-            raise bad
+            raise bad()
         if isinstance(value, int):
             return Decimal(value)
         if isinstance(value, float | str):
@@ -102,35 +106,35 @@ def _normalize(where: str, typ: str, value: Any) -> Any:
             try:
                 value = Decimal(str(value).strip())
             except decimal.InvalidOperation:
-                raise bad from None
+                raise bad() from None
         if isinstance(value, Decimal):
             if not value.is_finite():
                 raise InvalidData(where, f"decimal value must be finite, got {value}")
             return value
-        raise bad
+        raise bad()
     if typ == "date":
         if isinstance(value, str):
             try:
                 return _dt.date.fromisoformat(value)
             except ValueError:
-                raise bad from None
+                raise bad() from None
         if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
             return value
-        raise bad
+        raise bad()
     if typ == "datetime":
         if isinstance(value, str):
             try:
                 value = _dt.datetime.fromisoformat(value)
             except ValueError:
-                raise bad from None
+                raise bad() from None
         if isinstance(value, _dt.datetime):
             return _utc_naive(value)
-        raise bad
+        raise bad()
     if typ == "list[str]":
         if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
             return list(value)
-        raise bad
-    raise bad  # pragma: no cover - Schema rejects unknown types
+        raise bad()
+    raise bad()  # pragma: no cover - Schema rejects unknown types
 
 
 def normalize_facts(
