@@ -22,4 +22,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/ruff check crmflow tests benchmarks examples
+.venv/bin/mypy crmflow
 .venv/bin/python -m pytest "$@"

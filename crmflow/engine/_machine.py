@@ -25,11 +25,11 @@ from crmflow.engine._model import STATE_SEPARATOR, StateDef, WorkflowDef
 __all__ = ["WorkflowMachine"]
 
 
-class _DotState(NestedState):  # type: ignore[misc]
+class _DotState(NestedState):
     separator = STATE_SEPARATOR
 
 
-class _DotMachine(HierarchicalMachine):  # type: ignore[misc]
+class _DotMachine(HierarchicalMachine):
     state_cls = _DotState
 
 

@@ -103,6 +103,7 @@ class Engine:
         )
         self._workflows: dict[tuple[str, int], CompiledWorkflow] = {}
         self._latest: dict[str, int] = {}
+        self._warned: set[tuple[str, str]] = set()
         for defn in definitions:
             self.add_definition(defn)
         storage = self.plugins.hook.crmflow_open_storage(url=store)
@@ -161,6 +162,23 @@ class Engine:
                 f"workflow {workflow!r} version {wanted} is not loaded; instances keep the "
                 "version they started on, so load it beside the newer one"
             ) from None
+
+    def _compiled_for(self, record: InstanceRecord) -> CompiledWorkflow:
+        """The definition an instance runs on: the version it started with (invariant 8)."""
+        compiled = self._compiled(record.workflow, record.workflow_version)
+        digest = compiled.defn.digest
+        if record.definition_digest != digest and (record.workflow, digest) not in self._warned:
+            # Same version number, different text: the file was edited in place. Running on
+            # is usually what the operator wants, but it should never go unnoticed.
+            self._warned.add((record.workflow, digest))
+            log.warning(
+                "instance %s started on a different text of %s version %s; give changed "
+                "definitions a new version so running instances keep theirs",
+                record.key,
+                record.workflow,
+                record.workflow_version,
+            )
+        return compiled
 
     def close(self) -> None:
         """Release storage connections and rules-engine resources."""
@@ -399,7 +417,7 @@ class Engine:
         record = self._record(key)
         if expected_version is not None and record.version != expected_version:
             raise ConcurrencyConflict(key, expected_version, record.version)
-        compiled = self._compiled(record.workflow, record.workflow_version)
+        compiled = self._compiled_for(record)
         ct = self._transition(compiled, record, trigger)
         if not actor.has_any_role(ct.defn.roles):
             self._record_refusal(
@@ -588,7 +606,7 @@ class Engine:
         hints; ``confirm`` rules the actor could override set ``needs_override``.
         """
         record = self._record(key)
-        compiled = self._compiled(record.workflow, record.workflow_version)
+        compiled = self._compiled_for(record)
         data = dict(record.data)
         options: list[TriggerOption] = []
         for trigger, ct in compiled.by_state.get(record.state, {}).items():
