@@ -652,6 +652,24 @@ def test_store_survives_fork(sql_store_url: str) -> None:
         store.close()
 
 
+def test_driver_errors_become_storage_errors(sql_store_url: str) -> None:
+    # The write path hands SQLAlchemy-compiled statements to the driver's cursor: a driver
+    # error must still surface as StorageError (without the row's values), and roll back.
+    store = SqlStorage(sql_store_url)
+    try:
+        record = start(store)
+        raw_sql(sql_store_url, "DROP TABLE crmflow_history")
+        failing = pytest.raises(StorageError, match="append_history failed")
+        with failing as info, store.transaction() as tx:
+            tx.update_instance(replace(record, version=2, state="secret-state"), 1)
+            tx.append_history(make_draft(n=1, reason="secret-reason"))
+        assert "secret" not in str(info.value)
+        got = store.get_instance("SO-1")
+        assert got is not None and (got.version, got.state) == (1, "draft")
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # SQLite specifics
 # ---------------------------------------------------------------------------------------------

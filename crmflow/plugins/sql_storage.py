@@ -24,8 +24,9 @@ See ``docs/storage.md`` for the table layout.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -37,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -45,9 +47,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, Connection, Engine, RowMapping, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import registry
+from sqlalchemy.sql.expression import ClauseElement
 from sqlmodel import Field, SQLModel
 
 from crmflow._codec import dumps, loads
@@ -187,6 +190,171 @@ METADATA = _Base.metadata
 
 
 # ---------------------------------------------------------------------------------------------
+# Statements, built once
+# ---------------------------------------------------------------------------------------------
+# Every statement of the hot path is built here once, with bound parameters only; _rows
+# compiles each one once per dialect and runs it with a parameter mapping (no per-call
+# statement building, no string formatting of values).
+
+#: Instance columns in the order :func:`_instance_from_row` reads them.
+_INST_COLS = (
+    _INST.c.key,
+    _INST.c.workflow,
+    _INST.c.workflow_version,
+    _INST.c.definition_digest,
+    _INST.c.state,
+    _INST.c.data,
+    _INST.c.version,
+    _INST.c.created_at,
+    _INST.c.updated_at,
+    _INST.c.owner,
+)
+#: History columns in the order :func:`_history_from_row` reads them.
+_HIST_COLS = (
+    _HIST.c.instance_key,
+    _HIST.c.seq,
+    _HIST.c.at,
+    _HIST.c.actor,
+    _HIST.c.kind,
+    _HIST.c.trigger,
+    _HIST.c.from_state,
+    _HIST.c.to_state,
+    _HIST.c.reason,
+    _HIST.c.changes,
+    _HIST.c.details,
+    _HIST.c.prev_hash,
+    _HIST.c.hash,
+)
+#: Columns update_instance sets (the key and created_at never change).
+_INST_SET = (
+    "workflow",
+    "workflow_version",
+    "definition_digest",
+    "state",
+    "data",
+    "version",
+    "owner",
+    "updated_at",
+)
+
+_SELECT_INSTANCE = select(*_INST_COLS).where(_INST.c.key == bindparam("key"))
+# SQLite's compiler renders nothing for FOR UPDATE; PostgreSQL takes the row lock.
+_LOCK_INSTANCE = _SELECT_INSTANCE.with_for_update()
+_SELECT_VERSION = select(_INST.c.version).where(_INST.c.key == bindparam("key"))
+# The WHERE parameters are prefixed: plain column names are reserved for the SET clause.
+_UPDATE_INSTANCE = (
+    update(_INST)
+    .where(_INST.c.key == bindparam("w_key"), _INST.c.version == bindparam("w_version"))
+    .values({name: bindparam(name) for name in _INST_SET})
+    .returning(_INST.c.version)
+)
+# The unique index on (instance_key, seq) answers this with one index probe, not a scan.
+_LAST_HISTORY = (
+    select(_HIST.c.seq, _HIST.c.hash)
+    .where(_HIST.c.instance_key == bindparam("key"))
+    .order_by(_HIST.c.seq.desc())
+    .limit(1)
+)
+_SELECT_HISTORY = (
+    select(*_HIST_COLS).where(_HIST.c.instance_key == bindparam("key")).order_by(_HIST.c.seq)
+)
+_SELECT_IDEMPOTENCY = select(_IDEM.c.result).where(_IDEM.c.key == bindparam("key"))
+
+
+class _Inserts:
+    """The INSERT ... ON CONFLICT DO NOTHING RETURNING statements of one dialect.
+
+    ON CONFLICT DO NOTHING instead of catching IntegrityError: on PostgreSQL an error would
+    abort the whole transaction, and the caller may want to carry on. RETURNING tells whether a
+    row was written: psycopg's rowcount reads -1 there.
+    """
+
+    def __init__(self, insert: Callable[[Table], Any]) -> None:
+        self.instance = (
+            insert(_INST)
+            .values({c.name: bindparam(c.name) for c in _INST_COLS})
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(_INST.c.key)
+        )
+        self.history = (
+            insert(_HIST)
+            .values({c.name: bindparam(c.name) for c in _HIST_COLS})
+            .on_conflict_do_nothing(index_elements=["instance_key", "seq"])
+            .returning(_HIST.c.seq)
+        )
+        self.idempotency = (
+            insert(_IDEM)
+            .values(
+                {name: bindparam(name) for name in ("key", "instance_key", "result", "created_at")}
+            )
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(_IDEM.c.key)
+        )
+
+
+_SQLITE_INSERTS = _Inserts(sqlite_insert)
+_PG_INSERTS = _Inserts(pg_insert)
+
+
+class _Compiled:
+    """One statement compiled for one dialect: its SQL text and how to bind its parameters."""
+
+    __slots__ = ("defaults", "names", "sql")
+
+    def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = compiled.string
+        # Parameters SQLAlchemy binds itself (LIMIT 1, OFFSET 0), overridden by the caller's.
+        self.defaults = {k: v for k, v in compiled.params.items() if v is not None}
+        positions = getattr(compiled, "positiontup", None)  # SQLCompiler: qmark order
+        self.names = tuple(positions) if dialect.positional and positions is not None else None
+
+    def bind(self, params: Mapping[str, Any]) -> Any:
+        values = {**self.defaults, **params} if self.defaults else params
+        if self.names is None:
+            return values  # pyformat / named: psycopg takes the mapping
+        return tuple([values[name] for name in self.names])  # qmark: SQLite
+
+
+_COMPILED: dict[tuple[Any, ...], _Compiled] = {}
+
+
+def _rows(conn: Connection, stmt: ClauseElement, params: Mapping[str, Any]) -> list[Any]:
+    """Run one of this module's prepared statements in ``conn``'s transaction; return its rows.
+
+    The statement was built once (above) with bound parameters only; its SQL is compiled once
+    per dialect by SQLAlchemy and then handed to the driver's cursor with the parameters, in
+    the transaction SQLAlchemy opened on ``conn``. That skips SQLAlchemy's per-execution work
+    (cache-key lookup, execution context, result wrapping), which costs far more than the
+    SQLite statement itself. None of these columns has a type needing SQLAlchemy's bind or
+    result processing (text and integers only). Driver errors are wrapped the way SQLAlchemy
+    wraps them, so callers see the same exceptions.
+    """
+    dialect = conn.dialect
+    cache_key = (id(stmt), dialect.name, dialect.driver, dialect.server_version_info)
+    compiled = _COMPILED.get(cache_key)
+    if compiled is None:
+        compiled = _COMPILED[cache_key] = _Compiled(stmt, dialect)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(compiled.sql, compiled.bind(params))
+        # fetchall, also after DML ... RETURNING: SQLite finishes the statement only when
+        # its rows are exhausted.
+        return cursor.fetchall() if cursor.description is not None else []
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(
+            compiled.sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True
+        ) from exc
+    finally:
+        cursor.close()
+
+
+def _first(conn: Connection, stmt: ClauseElement, params: Mapping[str, Any]) -> Any:
+    rows = _rows(conn, stmt, params)
+    return rows[0] if rows else None
+
+
+# ---------------------------------------------------------------------------------------------
 # Row <-> record
 # ---------------------------------------------------------------------------------------------
 
@@ -206,36 +374,39 @@ def _instance_values(record: InstanceRecord) -> dict[str, Any]:
     }
 
 
-def _instance_from_row(row: RowMapping) -> InstanceRecord:
+def _instance_from_row(row: Sequence[Any]) -> InstanceRecord:
+    # Positional: the row holds _INST_COLS in order.
+    key, workflow, wf_version, digest, state, data, version, created, updated, owner = row
     return InstanceRecord(
-        key=row["key"],
-        workflow=row["workflow"],
-        workflow_version=row["workflow_version"],
-        definition_digest=row["definition_digest"],
-        state=row["state"],
-        data=loads(row["data"]),
-        version=row["version"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        updated_at=datetime.fromisoformat(row["updated_at"]),
-        owner=row["owner"],
+        key=key,
+        workflow=workflow,
+        workflow_version=wf_version,
+        definition_digest=digest,
+        state=state,
+        data=loads(data),
+        version=version,
+        created_at=datetime.fromisoformat(created),
+        updated_at=datetime.fromisoformat(updated),
+        owner=owner,
     )
 
 
-def _history_from_row(row: RowMapping) -> HistoryRecord:
+def _history_from_row(row: Sequence[Any]) -> HistoryRecord:
+    # Positional: the row holds _HIST_COLS in order.
     return HistoryRecord(
-        instance_key=row["instance_key"],
-        seq=row["seq"],
-        at=datetime.fromisoformat(row["at"]),
-        actor=row["actor"],
-        kind=row["kind"],
-        trigger=row["trigger"],
-        from_state=row["from_state"],
-        to_state=row["to_state"],
-        reason=row["reason"],
-        changes=loads(row["changes"]),
-        details=loads(row["details"]),
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
+        instance_key=row[0],
+        seq=row[1],
+        at=datetime.fromisoformat(row[2]),
+        actor=row[3],
+        kind=row[4],
+        trigger=row[5],
+        from_state=row[6],
+        to_state=row[7],
+        reason=row[8],
+        changes=loads(row[9]),
+        details=loads(row[10]),
+        prev_hash=row[11],
+        hash=row[12],
     )
 
 
@@ -271,7 +442,7 @@ class SqlTx:
     def __init__(self, connection: Connection, *, postgres: bool) -> None:
         self.connection = connection
         self._pg = postgres
-        self._insert = pg_insert if postgres else sqlite_insert
+        self._inserts = _PG_INSERTS if postgres else _SQLITE_INSERTS
 
     def get_instance(self, key: str) -> InstanceRecord | None:
         """Read an instance inside the transaction."""
@@ -285,27 +456,16 @@ class SqlTx:
         return _guard("lock_instance", lambda: self._select_instance(key, lock=True))
 
     def _select_instance(self, key: str, *, lock: bool) -> InstanceRecord | None:
-        stmt = select(_INST).where(_INST.c.key == key)
-        if lock:
-            # SQLite's compiler renders nothing for FOR UPDATE; PostgreSQL takes the row lock.
-            stmt = stmt.with_for_update()
-        row = self.connection.execute(stmt).mappings().first()
+        stmt = _LOCK_INSTANCE if lock else _SELECT_INSTANCE
+        row = _first(self.connection, stmt, {"key": key})
         return None if row is None else _instance_from_row(row)
 
     def insert_instance(self, record: InstanceRecord) -> None:
         """Insert a new instance; raise ``InstanceExists`` when the key is taken."""
 
         def run() -> None:
-            # ON CONFLICT DO NOTHING instead of catching IntegrityError: on PostgreSQL an error
-            # would abort the whole transaction, and the caller may want to carry on.
-            # RETURNING tells whether a row was written: psycopg's rowcount reads -1 here.
-            stmt = (
-                self._insert(_INST)
-                .values(**_instance_values(record))
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(_INST.c.key)
-            )
-            if self.connection.execute(stmt).first() is None:
+            stmt = self._inserts.instance
+            if _first(self.connection, stmt, _instance_values(record)) is None:
                 raise InstanceExists(record.key)
 
         _guard("insert_instance", run)
@@ -323,19 +483,23 @@ class SqlTx:
             )
 
         def run() -> None:
-            values = _instance_values(record)
-            del values["key"], values["created_at"]
-            stmt = (
-                update(_INST)
-                .where(_INST.c.key == record.key, _INST.c.version == expected_version)
-                .values(**values)
-                .returning(_INST.c.version)
-            )
-            if self.connection.execute(stmt).first() is not None:
+            params = {
+                "w_key": record.key,
+                "w_version": expected_version,
+                "workflow": record.workflow,
+                "workflow_version": record.workflow_version,
+                "definition_digest": record.definition_digest,
+                "state": record.state,
+                "data": dumps(record.data),
+                "version": record.version,
+                "owner": record.owner,
+                "updated_at": record.updated_at.isoformat(),
+            }
+            conn = self.connection
+            if _first(conn, _UPDATE_INSTANCE, params) is not None:
                 return
-            actual = self.connection.execute(
-                select(_INST.c.version).where(_INST.c.key == record.key)
-            ).scalar_one_or_none()
+            found = _first(conn, _SELECT_VERSION, {"key": record.key})
+            actual = None if found is None else found[0]
             raise ConcurrencyConflict(record.key, expected_version, actual)
 
         _guard("update_instance", run)
@@ -349,20 +513,18 @@ class SqlTx:
 
         def run() -> HistoryRecord:
             conn = self.connection
-            last = conn.execute(
-                select(_HIST.c.seq, _HIST.c.hash)
-                .where(_HIST.c.instance_key == draft.instance_key)
-                .order_by(_HIST.c.seq.desc())
-                .limit(1)
-            ).first()
-            seq = 1 if last is None else last.seq + 1
-            prev_hash = GENESIS if last is None else last.hash
+            key = draft.instance_key
+            last = _first(conn, _LAST_HISTORY, {"key": key})
+            if last is None:
+                seq, prev_hash = 1, GENESIS
+            else:
+                seq, prev_hash = last[0] + 1, last[1]
             changes_text, details_text = dumps(draft.changes), dumps(draft.details)
             at_text = draft.at.isoformat()
             # Hash what a later read will return (decoded from the stored text), so that
             # verification never depends on how the caller's values happened to be typed.
             rec_fields: dict[str, Any] = {
-                "instance_key": draft.instance_key,
+                "instance_key": key,
                 "seq": seq,
                 "at": datetime.fromisoformat(at_text),
                 "actor": draft.actor,
@@ -375,24 +537,17 @@ class SqlTx:
                 "details": loads(details_text),
             }
             digest = entry_hash(prev_hash, **rec_fields)
-            stmt = (
-                self._insert(_HIST)
-                .values(
-                    **{
-                        **rec_fields,
-                        "at": at_text,
-                        "changes": changes_text,
-                        "details": details_text,
-                        "prev_hash": prev_hash,
-                        "hash": digest,
-                    }
-                )
-                .on_conflict_do_nothing(index_elements=["instance_key", "seq"])
-                .returning(_HIST.c.seq)
-            )
-            if conn.execute(stmt).first() is None:
+            params = {
+                **rec_fields,
+                "at": at_text,
+                "changes": changes_text,
+                "details": details_text,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+            if _first(conn, self._inserts.history, params) is None:
                 raise StorageError(
-                    f"history seq {seq} of {draft.instance_key!r} was taken by a concurrent "
+                    f"history seq {seq} of {key!r} was taken by a concurrent "
                     "transaction: call update_instance or lock_instance before append_history"
                 )
             return HistoryRecord(**rec_fields, prev_hash=prev_hash, hash=digest)
@@ -413,18 +568,13 @@ class SqlTx:
         """
 
         def run() -> None:
-            stmt = (
-                self._insert(_IDEM)
-                .values(
-                    key=idempotency_key,
-                    instance_key=instance_key,
-                    result=dumps(result),
-                    created_at=(at or datetime.now(UTC)).isoformat(),
-                )
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(_IDEM.c.key)
-            )
-            if self.connection.execute(stmt).first() is None:
+            params = {
+                "key": idempotency_key,
+                "instance_key": instance_key,
+                "result": dumps(result),
+                "created_at": (at or datetime.now(UTC)).isoformat(),
+            }
+            if _first(self.connection, self._inserts.idempotency, params) is None:
                 raise _idempotency_conflict(idempotency_key, instance_key)
 
         _guard("put_idempotency", run)
@@ -524,10 +674,14 @@ class SqlStorage:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            if conn.get_execution_options().get(_READ_ONLY):
-                conn.exec_driver_sql("BEGIN")  # a read snapshot, no write lock
-            else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A read snapshot (deferred BEGIN, no write lock) or the write lock up front.
+            sql = "BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE"
+            # Straight on the driver connection: a full SQLAlchemy execution costs more than
+            # the BEGIN itself. A driver error is wrapped as SQLAlchemy would have wrapped it.
+            try:
+                conn.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
         return engine
 
@@ -583,7 +737,7 @@ class SqlStorage:
         """Read an instance's latest committed row."""
 
         def q(conn: Connection) -> InstanceRecord | None:
-            row = conn.execute(select(_INST).where(_INST.c.key == key)).mappings().first()
+            row = _first(conn, _SELECT_INSTANCE, {"key": key})
             return None if row is None else _instance_from_row(row)
 
         return self._read("get_instance", q)
@@ -592,10 +746,7 @@ class SqlStorage:
         """Every history entry of an instance, in ``seq`` order."""
 
         def q(conn: Connection) -> list[HistoryRecord]:
-            rows = conn.execute(
-                select(_HIST).where(_HIST.c.instance_key == key).order_by(_HIST.c.seq)
-            ).mappings()
-            return [_history_from_row(r) for r in rows]
+            return [_history_from_row(r) for r in _rows(conn, _SELECT_HISTORY, {"key": key})]
 
         return self._read("history", q)
 
@@ -603,10 +754,8 @@ class SqlStorage:
         """Return the remembered result of a command, or ``None``."""
 
         def q(conn: Connection) -> Mapping[str, Any] | None:
-            text = conn.execute(
-                select(_IDEM.c.result).where(_IDEM.c.key == idempotency_key)
-            ).scalar_one_or_none()
-            return None if text is None else cast(Mapping[str, Any], loads(text))
+            row = _first(conn, _SELECT_IDEMPOTENCY, {"key": idempotency_key})
+            return None if row is None else cast(Mapping[str, Any], loads(row[0]))
 
         return self._read("get_idempotency", q)
 
@@ -620,12 +769,12 @@ class SqlStorage:
         while True:
 
             def q(conn: Connection, after: str | None = after) -> list[InstanceRecord]:
-                stmt = select(_INST).order_by(_INST.c.key).limit(_PAGE)
+                stmt = select(*_INST_COLS).order_by(_INST.c.key).limit(_PAGE)
                 if workflow is not None:
                     stmt = stmt.where(_INST.c.workflow == workflow)
                 if after is not None:
                     stmt = stmt.where(_INST.c.key > after)
-                return [_instance_from_row(r) for r in conn.execute(stmt).mappings()]
+                return [_instance_from_row(r) for r in conn.execute(stmt)]
 
             page = self._read("iter_instances", q)
             yield from page
