@@ -62,8 +62,38 @@ class CompiledWorkflow:
         return self.by_state.get(state, {}).get(trigger)
 
 
+#: Names the engine fills in itself; a field or fact namespace by these names would let a
+#: caller's data shadow who is acting or what time it is.
+RESERVED_NAMES = frozenset({*BUILTIN_FIELDS, "actor", "now"})
+
+
+def _check_reserved(defn: WorkflowDef) -> None:
+    for name, spec in defn.fields.items():
+        if name in RESERVED_NAMES:
+            raise DefinitionError(
+                f"field name {name!r} is reserved",
+                source=spec.pos.source or defn.source,
+                line=spec.pos.line,
+                column=spec.pos.column,
+                path=f"fields.{name}",
+                hint=f"rename it; the engine provides {', '.join(sorted(RESERVED_NAMES))}",
+            )
+    for namespace in defn.facts:
+        if namespace in RESERVED_NAMES:
+            pos = defn.positions.get("facts", defn.pos)
+            raise DefinitionError(
+                f"fact namespace {namespace!r} is reserved",
+                source=pos.source or defn.source,
+                line=pos.line,
+                column=pos.column,
+                path=f"facts.{namespace}",
+                hint="the acting user is always 'actor', filled in by the engine; rename it",
+            )
+
+
 def build_schema(defn: WorkflowDef, functions: Mapping[str, FunctionSpec]) -> Schema:
     """The names and types a rule of ``defn`` may read."""
+    _check_reserved(defn)
     fields = dict(BUILTIN_FIELDS)
     fields.update({name: f.type for name, f in defn.fields.items()})
     namespaces: dict[str, dict[str, str]] = {ns: dict(attrs) for ns, attrs in defn.facts.items()}

@@ -99,20 +99,39 @@ def validate_new_data(fields: Mapping[str, FieldDef], data: Mapping[str, Any]) -
 
 
 def merge_data(
-    fields: Mapping[str, FieldDef], current: Mapping[str, Any], update: Mapping[str, Any] | None
+    fields: Mapping[str, FieldDef],
+    current: Mapping[str, Any],
+    update: Mapping[str, Any] | None,
+    *,
+    trigger: str,
+    writes: tuple[str, ...],
 ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """Apply ``update`` to ``current``; return the new data and ``{field: [old, new]}``."""
+    """Apply ``update`` to ``current``; return the new data and ``{field: [old, new]}``.
+
+    Only the fields the transition ``writes`` may change: otherwise any caller allowed to fire
+    a transition could also rewrite the data its guards read (the warehouse marking its own
+    prepayment as received).
+    """
     merged = dict(current)
     changes: dict[str, list[Any]] = {}
     if not update:
         return merged, changes
     _check_known(fields, update)
+    for name in update:
+        if name not in writes:
+            allowed = ", ".join(writes) or "no fields"
+            raise InvalidData(
+                name,
+                f"trigger {trigger!r} may not change it (it writes {allowed}); list it under "
+                "the transition's 'writes' in the workflow to allow it",
+            )
     for name, value in update.items():
         new = coerce_value(name, fields[name].type, value)
         if fields[name].required and new is None:
             raise InvalidData(name, "is required")
         old = merged.get(name)
-        if new != old or type(new) is not type(old):
+        # Decimal("0.1") == Decimal("0.10"), but the stored text differs: record the change.
+        if new != old or type(new) is not type(old) or str(new) != str(old):
             changes[name] = [old, new]
         merged[name] = new
     return merged, changes

@@ -96,6 +96,7 @@ TRANSITION_KEYS: Mapping[str, bool] = MappingProxyType(
         "to": False,
         "roles": False,
         "rules": False,
+        "writes": False,
         "actions": False,
         "description": False,
     }
@@ -158,6 +159,7 @@ class _Builder:
         self.states: dict[str, StateDef] = {}
         self.state_paths: dict[str, KeyPath] = {}
         self.rule_names: set[str] = set()
+        self.field_names: set[str] = set()
 
     # -- error helpers -------------------------------------------------------------------
 
@@ -327,6 +329,7 @@ class _Builder:
         description = self.text_value(data, "description", ())
         self.section(lambda: self.declare_roles(data["roles"]), "roles", data)
         fields = self.section(lambda: self.fields(data["fields"]), "fields", data, {})
+        self.field_names = set(fields or {})
         facts = self.section(lambda: self.facts(data["facts"]), "facts", data, {})
         self.section(lambda: self.top_states(data["states"]), "states", data)
         rules_value = data.get("rules") or {}
@@ -683,6 +686,18 @@ class _Builder:
                     )
                 elif rule not in rules:
                     rules.append(rule)
+        writes: list[str] = []
+        if spec.get("writes"):
+            for name, name_path in self.name_list(spec["writes"], (*path, "writes"), "field name"):
+                if name not in self.field_names:
+                    self.error(
+                        f"unknown field {name!r}",
+                        name_path,
+                        suggestions=suggest(name, sorted(self.field_names)),
+                        hint="declare it under 'fields'",
+                    )
+                elif name not in writes:
+                    writes.append(name)
         actions = self.actions(spec["actions"], (*path, "actions")) if "actions" in spec else ()
         description = self.text_value(spec, "description", path)
         if not complete or len(self.errors) > failed or trigger is None:
@@ -714,6 +729,7 @@ class _Builder:
                 positions=positions,
                 internal=internal,
                 actions=actions,
+                writes=tuple(writes),
             )
             for pair_sources, pair_dest in pairs
         )

@@ -5,9 +5,10 @@ One machine per workflow version, built from our validated model (never from nam
 with sub-states get a ``HierarchicalMachine`` whose separator is ours (``.``), set on a
 subclass so that no other user of ``transitions`` in the process is affected.
 
-Records are not attached to the machine. A small pool of cursor objects carries the state
-through one trigger and goes back to the pool, so memory does not grow with the number of
-records and no cursor is shared between two threads at once.
+Records are not attached to the machine: one cursor object carries a record's state through
+one trigger, so memory does not grow with the number of records. ``transitions`` keeps
+per-trigger bookkeeping on the machine itself (the nested machine's current path), so one lock
+per machine serialises triggers; the critical section is a few microseconds.
 """
 
 from __future__ import annotations
@@ -79,20 +80,9 @@ class WorkflowMachine:
         for t in defn.transitions:
             machine.add_transition(t.trigger, list(t.sources), t.dest)
         self._machine = machine
-        self._pool: list[_Cursor] = []
-        self._pool_lock = threading.Lock()
-
-    def _acquire(self) -> _Cursor:
-        with self._pool_lock:
-            if self._pool:
-                return self._pool.pop()
-        cursor = _Cursor()
-        self._machine.add_model(cursor)
-        return cursor
-
-    def _release(self, cursor: _Cursor) -> None:
-        with self._pool_lock:
-            self._pool.append(cursor)
+        self._cursor = _Cursor()
+        machine.add_model(self._cursor)
+        self._lock = threading.Lock()
 
     def fire(self, state: str, trigger: str) -> str:
         """Return the state reached by firing ``trigger`` from ``state``.
@@ -100,8 +90,8 @@ class WorkflowMachine:
         The caller has checked that the trigger exists from that state; a refusal here means
         the definition and the machine disagree, which is a bug, so it raises.
         """
-        cursor = self._acquire()
-        try:
+        with self._lock:
+            cursor = self._cursor
             self._machine.set_state(state, cursor)
             try:
                 fired = cursor.trigger(trigger)  # type: ignore[attr-defined]
@@ -115,8 +105,6 @@ class WorkflowMachine:
                     f"workflow {self.workflow!r}: trigger {trigger!r} from {state!r} did not fire"
                 )
             return str(cursor.state)
-        finally:
-            self._release(cursor)
 
     def triggers(self, state: str) -> list[str]:
         """Triggers the machine accepts from ``state``."""

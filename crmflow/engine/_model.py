@@ -99,6 +99,8 @@ class TransitionDef:
     positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
     internal: bool = False
     actions: tuple[ActionDef, ...] = ()
+    #: Fields a fire of this transition may change through ``data``; none unless listed.
+    writes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,9 @@ __all__ = ["Engine"]
 
 log = logging.getLogger("crmflow")
 
+#: History kinds that record an attempt without changing the instance or its version.
+_NON_CHANGING_KINDS = frozenset({"refused", "denied"})
+
 #: The actor recorded for work the engine does on its own (timers, migrations).
 SYSTEM_ACTOR = Actor("system", roles={"system"})
 
@@ -224,8 +227,31 @@ class Engine:
         return self.store.history(key)
 
     def verify(self, key: str) -> ChainReport:
-        """Check the instance's hash-chained history; ``ok`` is false if a row was edited."""
-        return verify_chain(self.store.history(key))
+        """Check the instance's hash-chained history against the instance itself.
+
+        ``ok`` is false when a row was edited, reordered or deleted, including the newest
+        rows: every committed change adds one state-changing entry, so their count must equal
+        the instance's version, and the chain must begin with the ``start`` entry.
+        """
+        record = self._record(key)
+        history = self.store.history(key)
+        report = verify_chain(history)
+        if not report.ok:
+            return report
+        if not history or history[0].kind != "start":
+            return ChainReport(
+                ok=False, checked=0, first_bad_seq=1, reason="the start entry is missing"
+            )
+        changes = sum(1 for h in history if h.kind not in _NON_CHANGING_KINDS)
+        if changes != record.version:
+            return ChainReport(
+                ok=False,
+                checked=len(history),
+                first_bad_seq=len(history) + 1,
+                reason=f"the instance is at version {record.version} but its history records "
+                f"{changes} changes: entries are missing",
+            )
+        return report
 
     # -- starting -------------------------------------------------------------------------
 
@@ -315,16 +341,18 @@ class Engine:
                     data=data,
                     needed=list(needed),
                 )
-            rule_name = next(
-                (r.name for r in ct.rules if any(ns == namespace for ns, _ in r.needs)), ""
-            )
             if supplied is None:
-                raise MissingFact(namespace, "", rule_name)
+                raise MissingFact(namespace, "", _rule_reading(ct, namespace))
+            if not isinstance(supplied, Mapping):
+                raise InvalidData(
+                    namespace,
+                    f"expected a mapping of attribute to value, got {type(supplied).__name__}",
+                )
             declared = defn.facts[namespace]
             values: dict[str, Any] = {}
             for attribute in needed:
                 if attribute not in supplied:
-                    raise MissingFact(namespace, attribute, rule_name)
+                    raise MissingFact(namespace, attribute, _rule_reading(ct, namespace, attribute))
                 values[attribute] = coerce_value(
                     f"{namespace}.{attribute}", declared[attribute], supplied[attribute]
                 )
@@ -413,7 +441,7 @@ class Engine:
         if idempotency_key is not None:
             earlier = self.store.get_idempotency(idempotency_key)
             if earlier is not None:
-                return self._replay(earlier, key, idempotency_key)
+                return self._replay(earlier, key, trigger, idempotency_key)
         record = self._record(key)
         if expected_version is not None and record.version != expected_version:
             raise ConcurrencyConflict(key, expected_version, record.version)
@@ -430,7 +458,9 @@ class Engine:
             )
             raise PermissionDenied(actor.id, trigger, ct.defn.roles, sorted(actor.roles))
         current = dict(record.data)
-        new_data, changes = merge_data(compiled.defn.fields, current, data)
+        new_data, changes = merge_data(
+            compiled.defn.fields, current, data, trigger=trigger, writes=ct.defn.writes
+        )
         verdicts = self._verdicts(ct, self._facts_for(compiled, ct, record, new_data, actor, facts))
         refusals, warnings, overrides = self._judge(verdicts, actor, override)
         if refusals:
@@ -453,16 +483,26 @@ class Engine:
                 warnings=tuple(warnings),
             )
         dest = compiled.machine.fire(record.state, trigger)
-        return self._commit(
-            record, actor, ct, dest, new_data, changes, warnings, overrides, idempotency_key
-        )
+        try:
+            return self._commit(
+                record, actor, ct, dest, new_data, changes, warnings, overrides, idempotency_key
+            )
+        except ConcurrencyConflict:
+            # A retry of this very command may have won the race: answer as it did.
+            if idempotency_key is not None:
+                earlier = self.store.get_idempotency(idempotency_key)
+                if earlier is not None:
+                    return self._replay(earlier, key, trigger, idempotency_key)
+            raise
 
-    def _replay(self, earlier: Mapping[str, Any], key: str, idempotency_key: str) -> FireResult:
+    def _replay(
+        self, earlier: Mapping[str, Any], key: str, trigger: str, idempotency_key: str
+    ) -> FireResult:
         result = FireResult.from_dict(earlier, replayed=True)
-        if result.key != key:
+        if (result.key, result.trigger) != (key, trigger):
             raise CrmflowError(
-                f"idempotency key {idempotency_key!r} was used for instance {result.key!r}, "
-                f"not {key!r}"
+                f"idempotency key {idempotency_key!r} was used for {result.trigger!r} on "
+                f"{result.key!r}, not {trigger!r} on {key!r}; use a new key per command"
             )
         return result
 
@@ -627,7 +667,12 @@ class Engine:
                     ct, self._facts_for(compiled, ct, record, data, actor, facts)
                 )
             except MissingFact as exc:
-                reasons.append(Refusal(exc.rule, "block", str(exc), "supply the fact"))
+                reasons.append(Refusal(exc.rule or "facts", "block", str(exc), "supply the fact"))
+                verdicts = []
+            except (InvalidData, PluginError) as exc:
+                reasons.append(
+                    Refusal("facts", "block", str(exc), "correct the facts the host supplies")
+                )
                 verdicts = []
             refusals, warnings, _ = self._judge(verdicts, actor, None)
             reasons.extend(refusals)
@@ -653,6 +698,15 @@ class Engine:
     def __repr__(self) -> str:
         workflows = sorted(self._latest)
         return f"Engine(name={self.name!r}, store={self.store.url!r}, workflows={workflows})"
+
+
+def _rule_reading(ct: CompiledTransition, namespace: str, attribute: str | None = None) -> str:
+    """The first rule of ``ct`` that reads ``namespace`` (and ``attribute`` when given)."""
+    for rule in ct.rules:
+        for ns, attr in rule.needs:
+            if ns == namespace and (attribute is None or attr == attribute):
+                return rule.name
+    return ""
 
 
 def _did_you_mean(suggestions: Sequence[str]) -> str:

@@ -82,6 +82,7 @@ _TRANSITION: dict[str, Any] = {
     "to": {"$ref": _REF + "state_ref"},
     "roles": _NAMES,
     "rules": _NAMES,
+    "writes": _NAMES,
     "actions": {
         "type": "array",
         "items": {
