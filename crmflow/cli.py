@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crmflow._errors import CrmflowError, DefinitionError
+from crmflow._suggest import suggest
 from crmflow.engine._check import check_path
 from crmflow.engine._diagram import mermaid, render_svg
 from crmflow.engine._loader import load_definitions, load_workflow_file
@@ -74,9 +75,17 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
     search = Path(args.path) if args.path else default_workflows_dir()
     file = _find_workflow(args.workflow, search)
     if file is None:
-        print(f"no workflow named {args.workflow!r} under {search}", file=sys.stderr)
+        names = [d.name for d in load_definitions(search)]
+        hint = suggest(args.workflow, names)
+        also = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
+        print(f"no workflow named {args.workflow!r} under {search}{also}", file=sys.stderr)
         return EXIT_USAGE
     defn = load_workflow_file(file)
+    if args.current is not None and args.current not in defn.states:
+        hint = suggest(args.current, list(defn.states))
+        also = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
+        print(f"workflow {defn.name!r} has no state {args.current!r}{also}", file=sys.stderr)
+        return EXIT_USAGE
     if args.format == "svg":
         svg = render_svg(defn)
         if svg is None:
@@ -151,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrmflowError as exc:
         print(f"crmflow: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
+    except OSError as exc:
+        print(f"crmflow: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_USAGE
     return code
 
 

@@ -91,3 +91,16 @@ def test_demo_runs_on_sqlite_and_explains(tmp_path: Path) -> None:
     assert "prepayment" in out
     assert "hash chain intact" in out
     assert db.exists()
+
+
+def test_diagram_mistakes_get_suggestions_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["diagram", "deall", "--path", str(WORKFLOWS)]) == 2
+    assert "did you mean 'deal'" in capsys.readouterr().err
+    current = "opportunity.negotiatoin"
+    assert main(["diagram", "deal", "--path", str(WORKFLOWS), "--current", current]) == 2
+    assert "did you mean 'opportunity.negotiation'" in capsys.readouterr().err
+    missing = tmp_path / "no" / "such" / "dir" / "x.mmd"
+    assert main(["diagram", "deal", "--path", str(WORKFLOWS), "-o", str(missing)]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
