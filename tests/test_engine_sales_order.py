@@ -87,6 +87,12 @@ def test_override_by_a_sales_rep_is_refused(engine: Engine) -> None:
     assert "sales_manager" in result.refusals[0].message
     assert engine.get("SO-1").state == "draft"
     assert engine.history("SO-1")[-1].kind == "refused"
+    for actor, can_override in ((ALICE, False), (BOB, True)):
+        options = {
+            o.trigger: o for o in engine.available("SO-1", actor=actor, facts={"customer": ACME})
+        }
+        assert not options["approve"].allowed
+        assert options["approve"].needs_override is can_override
 
 
 def test_within_the_limit_approves_without_override(engine: Engine) -> None:
@@ -182,7 +188,8 @@ def test_facts_come_from_a_provider_only_when_a_rule_needs_them(store_url: str) 
     from crmflow import hookimpl
 
     class Erp:
-        calls: list[tuple[str, tuple[str, ...]]] = []
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, tuple[str, ...]]] = []
 
         @hookimpl
         def crmflow_provide_facts(self, namespace, instance_key, workflow, data, needed):  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ built.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,7 +203,3 @@ def check_actions(defn: WorkflowDef, known: Collection[str]) -> None:
                     hint=hint,
                 )
 
-
-def referenced_fields(rules: Sequence[CompiledRule]) -> set[str]:
-    """Instance fields the rules read."""
-    return {attr for rule in rules for ns, attr in rule.needs if not ns}

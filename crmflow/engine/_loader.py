@@ -57,6 +57,7 @@ __all__ = [
     "STATE_KEYS",
     "TOP_LEVEL_KEYS",
     "TRANSITION_KEYS",
+    "collect_definitions",
     "collect_errors",
     "definition_files",
     "load_definitions",
@@ -986,18 +987,19 @@ def load_definitions(path: str | Path, *, limits: YamlLimits = DEFAULT_LIMITS) -
     return result
 
 
-def collect_errors(
+def collect_definitions(
     path: str | Path, *, limits: YamlLimits = DEFAULT_LIMITS
-) -> list[DefinitionError]:
-    """Every problem in every workflow file under ``path``, without stopping at the first.
+) -> tuple[list[WorkflowDef], list[DefinitionError]]:
+    """Load what loads under ``path`` and collect every problem, without stopping at the first.
 
-    Within one file, the errors that do not depend on an earlier one are all reported.
-    An empty list means :func:`load_definitions` would succeed.
+    Within one file, the errors that do not depend on an earlier one are all reported; a file
+    with errors contributes no definition, and neither does a duplicate name and version.
     """
     try:
         files = definition_files(path)
     except DefinitionError as exc:
-        return [exc]
+        return [], [exc]
+    definitions: list[WorkflowDef] = []
     errors: list[DefinitionError] = []
     seen: dict[tuple[str, int], WorkflowDef] = {}
     for file in files:
@@ -1014,4 +1016,15 @@ def collect_errors(
                 errors.append(_duplicate_error(defn, seen[key]))
             else:
                 seen[key] = defn
-    return errors
+                definitions.append(defn)
+    return definitions, errors
+
+
+def collect_errors(
+    path: str | Path, *, limits: YamlLimits = DEFAULT_LIMITS
+) -> list[DefinitionError]:
+    """Every problem in every workflow file under ``path`` (see :func:`collect_definitions`).
+
+    An empty list means :func:`load_definitions` would succeed.
+    """
+    return collect_definitions(path, limits=limits)[1]

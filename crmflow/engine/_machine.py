@@ -105,7 +105,3 @@ class WorkflowMachine:
                     f"workflow {self.workflow!r}: trigger {trigger!r} from {state!r} did not fire"
                 )
             return str(cursor.state)
-
-    def triggers(self, state: str) -> list[str]:
-        """Triggers the machine accepts from ``state``."""
-        return list(self._machine.get_triggers(state))

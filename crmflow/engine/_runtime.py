@@ -62,10 +62,6 @@ log = logging.getLogger("crmflow")
 #: History kinds that record an attempt without changing the instance or its version.
 _NON_CHANGING_KINDS = frozenset({"refused", "denied"})
 
-#: The actor recorded for work the engine does on its own (timers, migrations).
-SYSTEM_ACTOR = Actor("system", roles={"system"})
-
-
 class Engine:
     """An embeddable workflow engine for one client configuration.
 
@@ -676,8 +672,9 @@ class Engine:
                 verdicts = []
             refusals, warnings, _ = self._judge(verdicts, actor, None)
             reasons.extend(refusals)
-            needs_override = bool(refusals) and all(
-                r.effect == "confirm" and actor.has_any_role(r.override_roles) for r in refusals
+            # Role and fact reasons are blocks, so only pure confirm refusals qualify.
+            needs_override = bool(reasons) and all(
+                r.effect == "confirm" and actor.has_any_role(r.override_roles) for r in reasons
             )
             options.append(
                 TriggerOption(
@@ -686,7 +683,7 @@ class Engine:
                     allowed=not reasons,
                     reasons=tuple(reasons),
                     warnings=tuple(warnings),
-                    needs_override=needs_override and len(reasons) == len(refusals),
+                    needs_override=needs_override,
                 )
             )
         return options
