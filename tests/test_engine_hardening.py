@@ -138,3 +138,34 @@ def test_a_decimal_rescaled_is_recorded_as_a_change() -> None:
         result = engine.fire("SO-1", "revise", actor=ALICE, data={"amount": Decimal("0.10")})
         assert result.effects["data_changed"] == {"amount": [Decimal("0.1"), Decimal("0.10")]}
         assert str(engine.get("SO-1").data["amount"]) == "0.10"
+
+
+NESTED = """
+workflow: n
+roles: [rep, boss]
+states:
+  - {name: a, initial: true}
+  - name: p
+    states:
+      - {name: q1, initial: true}
+      - q2
+  - {name: z, final: true}
+transitions:
+  - {trigger: enter, from: a, to: p}
+  - {trigger: poke, from: p, roles: [boss]}
+  - {trigger: poke, from: p.q1, to: p.q2, roles: [rep]}
+  - {trigger: out, from: p, to: z}
+"""
+
+
+def test_a_sub_state_transition_overrides_an_internal_one_on_its_parent() -> None:
+    both = Actor("x", roles={"rep", "boss"})
+    with Engine([load_workflow_text(NESTED)], load_entry_points=False) as engine:
+        engine.start("n", "K", actor=both)
+        assert engine.fire("K", "enter", actor=both).state == "p.q1"
+        options = {o.trigger: o for o in engine.available("K", actor=both)}
+        assert options["poke"].dest == "p.q2"
+        assert engine.fire("K", "poke", actor=Actor("r", roles={"rep"})).state == "p.q2"
+        # In q2 only the parent's internal poke applies: the boss may, and nothing moves.
+        result = engine.fire("K", "poke", actor=Actor("b", roles={"boss"}))
+        assert (result.ok, result.state, result.version) == (True, "p.q2", 4)

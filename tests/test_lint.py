@@ -99,7 +99,7 @@ def test_sub_state_with_a_way_out_through_its_parent_is_no_dead_end() -> None:
     assert found == []
 
 
-def test_duplicate_trigger_through_a_parent_is_ambiguous() -> None:
+def test_a_sub_state_overriding_its_parent_is_not_ambiguous() -> None:
     found = issues(
         """
         workflow: w
@@ -113,8 +113,25 @@ def test_duplicate_trigger_through_a_parent_is_ambiguous() -> None:
           - {trigger: done, from: a2, to: z}
         """
     )
-    assert codes(found) == [("error", "ambiguous-trigger")]
-    issue = found[0]
+    assert codes(found) == []
+
+
+def test_two_transitions_on_one_level_are_ambiguous_even_through_a_parent() -> None:
+    found = issues(
+        """
+        workflow: w
+        states:
+          - {name: a, initial: true, states: [a1, a2]}
+          - {name: y, final: true}
+          - {name: z, final: true}
+        transitions:
+          - {trigger: next, from: a1, to: a2}
+          - {trigger: done, from: a, to: y}
+          - {trigger: done, from: [a], to: z}
+        """
+    )
+    assert ("error", "ambiguous-trigger") in codes(found)
+    issue = next(i for i in found if i.code == "ambiguous-trigger")
     assert issue.pos.path == "transitions[2].trigger"
     assert issue.pos.line == 10
     assert "transitions[1]" in issue.message

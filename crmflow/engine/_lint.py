@@ -8,11 +8,14 @@ code                        severity   meaning
 ==========================  =========  ====================================================
 ``unreachable-state``       error      no path of transitions leads there from the start
 ``dead-end``                error      a non-final state with no transition out of it
-``ambiguous-trigger``       error      one trigger leaves one state by two transitions
+``ambiguous-trigger``       error      one trigger, one state, two transitions on one level
 ``unused-rule``             warning    a rule no transition uses
 ``unused-role``             warning    a declared role nothing refers to
 ``self-transition``         warning    a transition that leads back into the state it leaves
 ==========================  =========  ====================================================
+
+A transition written on a sub-state overrides one with the same trigger written on its parent
+(innermost wins), so that pair is not ambiguous.
 
 Reachability follows the runtime's semantics: an instance rests in a leaf state; entering a
 compound state enters its initial child; a transition from a compound state fires from every
@@ -119,27 +122,31 @@ def _dead_ends(defn: WorkflowDef) -> list[LintIssue]:
 
 
 def _ambiguous(defn: WorkflowDef) -> list[LintIssue]:
+    # Only transitions written on the same level are ambiguous: one written on a sub-state
+    # takes precedence over its parent's (innermost wins, as in the runtime and the machine).
     index = {id(t): i for i, t in enumerate(defn.transitions)}
     reported: set[tuple[int, int]] = set()
     issues = []
     for leaf in _leaves(defn):
-        first_by_trigger: dict[str, TransitionDef] = {}
+        first_by_level: dict[tuple[str, str], TransitionDef] = {}
         # Sorted by position in the file, so the issue points at the later transition.
         for transition in sorted(defn.transitions_from(leaf), key=lambda t: index[id(t)]):
-            first = first_by_trigger.setdefault(transition.trigger, transition)
-            if first is transition:
+            level = transition.level_for(leaf, defn)
+            first = first_by_level.setdefault((transition.trigger, level), transition)
+            if first is transition or first.pos == transition.pos:
                 continue
             pair = (index[id(first)], index[id(transition)])
             if pair in reported:
                 continue
             reported.add(pair)
             pos = transition.positions.get("trigger", transition.pos)
+            other = first.pos.path or "another transition"
             issues.append(
                 LintIssue(
                     "error",
                     "ambiguous-trigger",
                     f"trigger {transition.trigger!r} leaves state {leaf!r} by two transitions "
-                    f"(the other is transitions[{pair[0]}])",
+                    f"written on {level!r} (the other is {other})",
                     pos,
                 )
             )

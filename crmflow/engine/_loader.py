@@ -707,17 +707,20 @@ class _Builder:
             {k: self.doc.pos((*path, k)) for k in _TRANSITION_POSITION_KEYS if k in spec}
         )
         if internal:
-            leaves = dict.fromkeys(
-                leaf
-                for source in sources
-                for leaf in self.descendants(source)
-                if not self.states[leaf].children and not self.states[leaf].final
-            )
-            pairs: list[tuple[tuple[str, ...], str]] = [((leaf,), leaf) for leaf in leaves]
+            # One copy per leaf, remembering the state it was written on: a transition written
+            # on a sub-state still takes precedence over this one (innermost wins).
+            origins: dict[str, str] = {}
+            for source in sources:
+                for leaf in self.descendants(source):
+                    if not self.states[leaf].children and not self.states[leaf].final:
+                        origins.setdefault(leaf, source)
+            pairs: list[tuple[tuple[str, ...], str, str]] = [
+                ((leaf,), leaf, origin) for leaf, origin in origins.items()
+            ]
         elif dest is None:
             raise _Skip()
         else:
-            pairs = [(sources, dest)]
+            pairs = [(sources, dest, "")]
         return tuple(
             TransitionDef(
                 trigger=trigger,
@@ -731,8 +734,9 @@ class _Builder:
                 internal=internal,
                 actions=actions,
                 writes=tuple(writes),
+                origin=origin,
             )
-            for pair_sources, pair_dest in pairs
+            for pair_sources, pair_dest, origin in pairs
         )
 
     def actions(self, value: Any, path: KeyPath) -> tuple[ActionDef, ...]:

@@ -77,7 +77,15 @@ class WorkflowMachine:
                 auto_transitions=False,
                 ignore_invalid_triggers=False,
             )
+        internal_done: set[tuple[str, str]] = set()
         for t in defn.transitions:
+            if t.origin:
+                # Written once on its origin, as an internal transition (no destination), so
+                # the nested machine's own innermost-first search ranks it like we do.
+                if (t.trigger, t.origin) not in internal_done:
+                    internal_done.add((t.trigger, t.origin))
+                    machine.add_transition(t.trigger, t.origin, None)
+                continue
             machine.add_transition(t.trigger, list(t.sources), t.dest)
         self._machine = machine
         self._cursor = _Cursor()

@@ -101,6 +101,15 @@ class TransitionDef:
     actions: tuple[ActionDef, ...] = ()
     #: Fields a fire of this transition may change through ``data``; none unless listed.
     writes: tuple[str, ...] = ()
+    #: For an internal transition: the state it was written on (possibly a compound state).
+    origin: str = ""
+
+    def level_for(self, state: str, defn: WorkflowDef) -> str:
+        """The state of ``state``'s ancestry this transition was written on."""
+        if self.origin:
+            return self.origin
+        chain = defn.ancestors(state)
+        return next((s for s in self.sources if s in chain), state)
 
 
 @dataclass(frozen=True)
@@ -189,5 +198,9 @@ class WorkflowDef:
         chain = self.ancestors(state)
         found: list[TransitionDef] = []
         for level in chain:
-            found.extend(t for t in self.transitions if level in t.sources)
+            for t in self.transitions:
+                # An internal copy lists only its leaf as source but ranks at its origin.
+                written_here = t.origin == level if t.origin else level in t.sources
+                if written_here and (not t.origin or state in t.sources):
+                    found.append(t)
         return tuple(found)
