@@ -104,3 +104,22 @@ def test_diagram_mistakes_get_suggestions_not_tracebacks(
     missing = tmp_path / "no" / "such" / "dir" / "x.mmd"
     assert main(["diagram", "deal", "--path", str(WORKFLOWS), "-o", str(missing)]) == 2
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_an_error_inside_folded_rule_text_points_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (WORKFLOWS / "sales_order.yaml").read_text()
+    old = "    when: amount + customer.open_balance > customer.credit_limit\n"
+    assert old in text
+    new = "    when: >-\n      amount + customer.open_balance\n        > customer.credit_limt\n"
+    target = tmp_path / "sales_order.yaml"
+    target.write_text(text.replace(old, new, 1))
+    lines = target.read_text().splitlines()
+    line_no = next(i for i, line in enumerate(lines, 1) if "credit_limt" in line)
+    column = lines[line_no - 1].index("credit_limt") + 1
+    assert main(["validate", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert f"{target}:{line_no}:" in err, err
+    assert "did you mean 'credit_limit'" in err
+    assert f":{line_no}:{column}:" in err, err

@@ -16,7 +16,7 @@ from typing import Any
 from crmflow._errors import DefinitionError, ExpressionError
 from crmflow._suggest import suggest
 from crmflow.engine._machine import WorkflowMachine
-from crmflow.engine._model import SourcePos, TransitionDef, WorkflowDef
+from crmflow.engine._model import TransitionDef, WorkflowDef
 from crmflow.rules import CompiledRule, FunctionSpec, RulesBackend, Schema, compile_rule
 
 __all__ = [
@@ -101,17 +101,6 @@ def build_schema(defn: WorkflowDef, functions: Mapping[str, FunctionSpec]) -> Sc
     return Schema(fields=fields, namespaces=namespaces, functions=dict(functions))
 
 
-def _expression_position(
-    defn: WorkflowDef, pos: SourcePos, error: ExpressionError
-) -> tuple[int, int]:
-    """Map a position inside an expression onto the YAML file."""
-    if not pos.line:
-        return 0, 0
-    line = pos.line + error.line - 1
-    column = error.column if error.line > 1 else pos.column + error.column - 1
-    return line, column
-
-
 def _compile_rules(defn: WorkflowDef, schema: Schema) -> dict[str, CompiledRule]:
     compiled: dict[str, CompiledRule] = {}
     for name, rule in defn.rules.items():
@@ -128,7 +117,8 @@ def _compile_rules(defn: WorkflowDef, schema: Schema) -> dict[str, CompiledRule]
         except ExpressionError as exc:
             part = getattr(exc, "part", "when")
             pos = rule.positions.get(part, rule.pos)
-            line, column = _expression_position(defn, pos, exc)
+            text = {"when": rule.when, "message": rule.message, "hint": rule.hint}.get(part, "")
+            line, column = pos.locate(text, exc.line, exc.column)
             raise DefinitionError(
                 exc.reason,
                 source=pos.source or defn.source,
@@ -202,4 +192,3 @@ def check_actions(defn: WorkflowDef, known: Collection[str]) -> None:
                     suggestions=suggest(action.name, sorted(known)),
                     hint=hint,
                 )
-

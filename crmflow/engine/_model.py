@@ -29,6 +29,26 @@ class SourcePos:
     line: int = 0
     column: int = 0
     path: str = ""
+    #: For a block scalar (``|`` or ``>``): (line, column, length) of each content line, so
+    #: that a position inside the value's text can be mapped back onto the file.
+    lines: tuple[tuple[int, int, int], ...] = ()
+
+    def locate(self, text: str, line: int, column: int) -> tuple[int, int]:
+        """Map a 1-based (line, column) inside this value's ``text`` onto the file."""
+        if not self.line:
+            return 0, 0
+        if not self.lines:
+            if line > 1:
+                return self.line + line - 1, column
+            return self.line, self.column + column - 1
+        # Offset into the value; folding or keeping a line break both take one character.
+        offset = sum(len(part) + 1 for part in text.split("\n")[: line - 1]) + column - 1
+        for file_line, file_column, length in self.lines:
+            if offset <= length:
+                return file_line, file_column + offset
+            offset -= length + 1
+        last_line, last_column, last_length = self.lines[-1]
+        return last_line, last_column + last_length
 
 
 NOWHERE = SourcePos()

@@ -100,6 +100,7 @@ class YamlDocument:
         values: 1-based (line, column) of each value, by key path (``()`` is the root).
         keys: 1-based (line, column) of each mapping key, by the key path of its value.
         raw: the text of each scalar as written, by key path (exact decimals need it).
+        blocks: for block scalars, (line, column, length) of each content line, by key path.
 
     """
 
@@ -108,6 +109,7 @@ class YamlDocument:
     values: Mapping[KeyPath, tuple[int, int]] = field(default_factory=dict)
     keys: Mapping[KeyPath, tuple[int, int]] = field(default_factory=dict)
     raw: Mapping[KeyPath, str] = field(default_factory=dict)
+    blocks: Mapping[KeyPath, tuple[tuple[int, int, int], ...]] = field(default_factory=dict)
 
     def pos(self, path: KeyPath) -> SourcePos:
         """Position of the value at ``path``, falling back to the nearest enclosing value."""
@@ -125,7 +127,8 @@ class YamlDocument:
         while probe not in table and probe:
             probe = probe[:-1]
         line, column = table.get(probe, (0, 0))
-        return SourcePos(self.source, line, column, format_path(path))
+        lines = self.blocks.get(path, ()) if table is self.values else ()
+        return SourcePos(self.source, line, column, format_path(path), lines)
 
 
 class _Resolver(yaml.resolver.Resolver):
@@ -272,8 +275,10 @@ def _scalar_value(node: yaml.ScalarNode, source: str, path: KeyPath) -> Any:
 class _Walker:
     """Turns composed nodes into plain values, recording positions by key path."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, text: str) -> None:
         self.source = source
+        self.text_lines = text.splitlines()
+        self.blocks: dict[KeyPath, tuple[tuple[int, int, int], ...]] = {}
         self.values: dict[KeyPath, tuple[int, int]] = {}
         self.keys: dict[KeyPath, tuple[int, int]] = {}
         self.raw: dict[KeyPath, str] = {}
@@ -314,6 +319,21 @@ class _Walker:
         if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"'):
             # Point at the text itself, so that a column inside an expression maps onto the file.
             column += 1
+        elif isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+            # The text starts on the lines below the indicator; remember each one.
+            # A block scalar ends at the start of the line after it (column 0).
+            stop = node.end_mark.line + (1 if node.end_mark.column else 0)
+            rows = [
+                (index, self.text_lines[index].rstrip())
+                for index in range(node.start_mark.line + 1, stop)
+                if index < len(self.text_lines) and self.text_lines[index].strip()
+            ]
+            # More-indented lines keep their extra spaces in the value: measure from the base.
+            base = min((len(text) - len(text.lstrip()) for _, text in rows), default=0)
+            segments = [(index + 1, base + 1, len(text) - base) for index, text in rows]
+            if segments:
+                self.blocks[path] = tuple(segments)
+                line, column = segments[0][0], segments[0][1]
         self.values[path] = (line, column)
         if isinstance(node, yaml.ScalarNode):
             self.raw[path] = node.value
@@ -384,9 +404,9 @@ def read_yaml_text(
             loader.dispose()
     if node is None:
         return YamlDocument(None, source)
-    walker = _Walker(source)
+    walker = _Walker(source, text)
     data = walker.walk(node, ())
-    return YamlDocument(data, source, walker.values, walker.keys, walker.raw)
+    return YamlDocument(data, source, walker.values, walker.keys, walker.raw, walker.blocks)
 
 
 def read_text_file(path: str | Path, limits: YamlLimits = DEFAULT_LIMITS) -> str:
