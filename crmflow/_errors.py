@@ -35,6 +35,7 @@ __all__ = [
     "PluginError",
     "StorageError",
     "UnknownInstance",
+    "UnknownTask",
     "UnknownTrigger",
 ]
 
@@ -165,6 +166,25 @@ class UnknownTrigger(CrmflowError):
         else:
             msg = f"workflow {workflow!r} has no trigger {trigger!r}"
         super().__init__(msg + _did_you_mean(self.suggestions))
+
+
+class UnknownTask(CrmflowError):
+    """The instance has no task with that id.
+
+    Attributes:
+        key: the instance key.
+        task_id: the task id asked for.
+        suggestions: the nearest task ids of the instance.
+
+    """
+
+    def __init__(self, key: str, task_id: str, suggestions: Sequence[str] = ()) -> None:
+        self.key = key
+        self.task_id = task_id
+        self.suggestions = tuple(suggestions)
+        super().__init__(
+            f"instance {key!r} has no task {task_id!r}" + _did_you_mean(self.suggestions)
+        )
 
 
 class InstanceExists(CrmflowError):

@@ -52,6 +52,8 @@ class Refusal:
         message: the rule's message rendered with the actual values.
         hint: what would make it pass.
         override_roles: roles that may override a ``confirm``.
+        items: the task ids the refusal is about (the open items of a checklist gate, the
+            unfinished tasks a task depends on), so that a host can link to them.
 
     """
 
@@ -60,16 +62,32 @@ class Refusal:
     message: str
     hint: str = ""
     override_roles: tuple[str, ...] = ()
+    items: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-compatible form."""
-        return {
+        result: dict[str, Any] = {
             "rule": self.rule,
             "effect": self.effect,
             "message": self.message,
             "hint": self.hint,
             "override_roles": list(self.override_roles),
         }
+        if self.items:
+            result["items"] = list(self.items)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Refusal:
+        """Rebuild a refusal stored by :meth:`as_dict`."""
+        return cls(
+            rule=data["rule"],
+            effect=data["effect"],
+            message=data["message"],
+            hint=data.get("hint", ""),
+            override_roles=tuple(data.get("override_roles", ())),
+            items=tuple(data.get("items", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -189,16 +207,7 @@ class FireResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, replayed: bool = False) -> FireResult:
         """Rebuild a result stored by :meth:`as_dict`."""
-
-        def refusal(d: Mapping[str, Any]) -> Refusal:
-            return Refusal(
-                rule=d["rule"],
-                effect=d["effect"],
-                message=d["message"],
-                hint=d.get("hint", ""),
-                override_roles=tuple(d.get("override_roles", ())),
-            )
-
+        refusal = Refusal.from_dict
         return cls(
             ok=bool(data["ok"]),
             key=data["key"],

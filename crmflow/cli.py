@@ -48,6 +48,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_lint(args: argparse.Namespace) -> int:
     failed = False
+    count = 0
     for path in args.paths:
         report = check_path(path, run_lint=True)
         for error in report.errors:
@@ -55,9 +56,10 @@ def _cmd_lint(args: argparse.Namespace) -> int:
         for issue in report.issues:
             print(issue.render())
         warnings = [i for i in report.issues if i.severity == "warning"]
+        count += len(warnings)
         failed = failed or not report.ok or (args.strict and bool(warnings))
     if not failed:
-        print("lint: no problems found" if not args.strict else "lint: clean")
+        print(f"lint: no errors, {count} warning(s)" if count else "lint: no problems found")
     return EXIT_PROBLEMS if failed else EXIT_OK
 
 

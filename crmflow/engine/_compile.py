@@ -29,8 +29,16 @@ __all__ = [
     "compile_workflow",
 ]
 
+#: The name an owner change carries in results and history (it is not a trigger).
+REASSIGN = TransitionDef(trigger="reassign", sources=(), dest="")
+
 #: Names every rule can read besides the declared fields.
-BUILTIN_FIELDS: dict[str, str] = {"key": "str", "state": "str", "workflow": "str"}
+BUILTIN_FIELDS: dict[str, str] = {
+    "key": "str",
+    "state": "str",
+    "workflow": "str",
+    "owner": "str",
+}
 #: The acting user, as rules see it.
 ACTOR_NAMESPACE: dict[str, str] = {"id": "str", "roles": "list[str]", "org": "str"}
 
@@ -56,6 +64,8 @@ class CompiledWorkflow:
     machine: WorkflowMachine
     #: state -> trigger -> the transition that fires (innermost source wins)
     by_state: dict[str, dict[str, CompiledTransition]]
+    #: The owner change as a transition that stays where it is: its roles and rules.
+    reassign: CompiledTransition | None = None
 
     def transition(self, state: str, trigger: str) -> CompiledTransition | None:
         """The transition ``trigger`` fires from ``state``, if any."""
@@ -142,23 +152,38 @@ def compile_workflow(
     """Compile rules, prepare each transition's rule group and build the machine."""
     schema = build_schema(defn, functions)
     rules = _compile_rules(defn, schema)
-    compiled_transitions: list[CompiledTransition] = []
-    for index, t in enumerate(defn.transitions):
+
+    def prepare(name: str, t: TransitionDef) -> CompiledTransition:
         group = tuple(rules[r] for r in t.rules)
-        prepared = backend.prepare(_group_name(defn, index, t), list(group)) if group else None
+        prepared = backend.prepare(name, list(group)) if group else None
         needs: dict[str, set[str]] = {}
         for rule in group:
             for namespace, attribute in rule.needs:
                 if namespace and namespace in defn.facts:
                     needs.setdefault(namespace, set()).add(attribute)
-        compiled_transitions.append(
-            CompiledTransition(
-                defn=t,
-                rules=group,
-                prepared=prepared,
-                needs={ns: tuple(sorted(attrs)) for ns, attrs in needs.items()},
-            )
+        return CompiledTransition(
+            defn=t,
+            rules=group,
+            prepared=prepared,
+            needs={ns: tuple(sorted(attrs)) for ns, attrs in needs.items()},
         )
+
+    compiled_transitions = [
+        prepare(_group_name(defn, index, t), t) for index, t in enumerate(defn.transitions)
+    ]
+    spec = defn.reassignment
+    reassign = prepare(
+        _group_name(defn, len(defn.transitions), REASSIGN),
+        TransitionDef(
+            trigger=REASSIGN.trigger,
+            sources=tuple(defn.states),
+            dest="",
+            roles=spec.roles,
+            rules=spec.rules,
+            pos=spec.pos,
+            internal=True,
+        ),
+    )
     by_state: dict[str, dict[str, CompiledTransition]] = {}
     by_def = {id(ct.defn): ct for ct in compiled_transitions}
     for state in defn.states.values():
@@ -170,7 +195,12 @@ def compile_workflow(
             table.setdefault(t.trigger, by_def[id(t)])
         by_state[state.name] = table
     return CompiledWorkflow(
-        defn=defn, schema=schema, rules=rules, machine=WorkflowMachine(defn), by_state=by_state
+        defn=defn,
+        schema=schema,
+        rules=rules,
+        machine=WorkflowMachine(defn),
+        by_state=by_state,
+        reassign=reassign,
     )
 
 

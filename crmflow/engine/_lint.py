@@ -11,6 +11,7 @@ code                        severity   meaning
 ``ambiguous-trigger``       error      one trigger, one state, two transitions on one level
 ``unused-rule``             warning    a rule no transition uses
 ``unused-role``             warning    a declared role nothing refers to
+``unused-checklist``        warning    a checklist no state opens
 ``self-transition``         warning    a transition that leads back into the state it leaves
 ==========================  =========  ====================================================
 
@@ -155,6 +156,7 @@ def _ambiguous(defn: WorkflowDef) -> list[LintIssue]:
 
 def _unused_rules(defn: WorkflowDef) -> list[LintIssue]:
     used = {rule for t in defn.transitions for rule in t.rules}
+    used.update(defn.reassignment.rules)
     return [
         LintIssue("warning", "unused-rule", f"rule {name!r} is not used by any transition", r.pos)
         for name, r in defn.rules.items()
@@ -162,10 +164,30 @@ def _unused_rules(defn: WorkflowDef) -> list[LintIssue]:
     ]
 
 
+def _unused_checklists(defn: WorkflowDef) -> list[LintIssue]:
+    attached = {name for s in defn.states.values() for name in s.checklists}
+    return [
+        LintIssue(
+            "warning",
+            "unused-checklist",
+            f"checklist {name!r} is not attached to any state, so it never opens",
+            c.pos,
+        )
+        for name, c in defn.checklists.items()
+        if name not in attached
+    ]
+
+
 def _unused_roles(defn: WorkflowDef) -> list[LintIssue]:
     used = set(defn.start_roles)
     used.update(role for t in defn.transitions for role in t.roles)
     used.update(role for r in defn.rules.values() for role in r.override_roles)
+    used.update(defn.reassignment.roles)
+    if defn.costs is not None:
+        used.update(defn.costs.roles)
+    for checklist in defn.checklists.values():
+        used.update(checklist.manager_roles)
+        used.update(item.role for item in checklist.items if item.role)
     return [
         LintIssue(
             "warning",
@@ -207,6 +229,7 @@ def lint(defn: WorkflowDef) -> list[LintIssue]:
         *_dead_ends(defn),
         *_ambiguous(defn),
         *_unused_rules(defn),
+        *_unused_checklists(defn),
         *_unused_roles(defn),
         *_self_transitions(defn),
     ]

@@ -25,12 +25,23 @@ from typing import Any
 
 from crmflow._errors import DefinitionError
 from crmflow._suggest import suggest
+from crmflow.engine._loader_tasks import (
+    check_gate_sources,
+    parse_checklists,
+    parse_costs,
+    parse_gates,
+    parse_reassignment,
+    parse_state_checklists,
+)
 from crmflow.engine._model import (
     EFFECTS,
     FIELD_TYPES,
     STATE_SEPARATOR,
     ActionDef,
+    ChecklistDef,
     FieldDef,
+    GateDef,
+    ReassignmentDef,
     RuleDef,
     SourcePos,
     StateDef,
@@ -85,10 +96,20 @@ TOP_LEVEL_KEYS: Mapping[str, bool] = MappingProxyType(
         "states": True,
         "transitions": False,
         "rules": False,
+        "checklists": False,
+        "costs": False,
+        "reassignment": False,
     }
 )
 STATE_KEYS: Mapping[str, bool] = MappingProxyType(
-    {"name": True, "initial": False, "final": False, "description": False, "states": False}
+    {
+        "name": True,
+        "initial": False,
+        "final": False,
+        "description": False,
+        "checklists": False,
+        "states": False,
+    }
 )
 TRANSITION_KEYS: Mapping[str, bool] = MappingProxyType(
     {
@@ -98,6 +119,7 @@ TRANSITION_KEYS: Mapping[str, bool] = MappingProxyType(
         "roles": False,
         "rules": False,
         "writes": False,
+        "requires": False,
         "actions": False,
         "description": False,
     }
@@ -121,7 +143,7 @@ FIELD_KEYS: Mapping[str, bool] = MappingProxyType(
 #: Top-level keys that later features will define; until then they are refused explicitly,
 #: so that a document written for a newer crmflow fails loudly instead of half-working.
 RESERVED_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
-    {"notify", "timers", "tasks", "checklists", "permissions", "assignment", "scenarios"}
+    {"notify", "timers", "tasks", "permissions", "assignment", "scenarios"}
 )
 
 _DEFAULT_EFFECT = "block"
@@ -151,6 +173,9 @@ def _kind(value: Any) -> str:
 class _Builder:
     """Builds one :class:`WorkflowDef` from a parsed document, collecting every error."""
 
+    #: Raised (after an error is recorded) to skip the item being parsed.
+    Skip = _Skip
+
     def __init__(self, doc: YamlDocument, text: str) -> None:
         self.doc = doc
         self.text = text
@@ -161,6 +186,9 @@ class _Builder:
         self.state_paths: dict[str, KeyPath] = {}
         self.rule_names: set[str] = set()
         self.field_names: set[str] = set()
+        self.checklists: dict[str, ChecklistDef] = {}
+        #: Every checklist name written, also of checklists that had errors (no echo errors).
+        self.checklist_names: set[str] = set()
 
     # -- error helpers -------------------------------------------------------------------
 
@@ -332,6 +360,11 @@ class _Builder:
         fields = self.section(lambda: self.fields(data["fields"]), "fields", data, {})
         self.field_names = set(fields or {})
         facts = self.section(lambda: self.facts(data["facts"]), "facts", data, {})
+        if isinstance(data.get("checklists"), dict):
+            self.checklist_names = {k for k in data["checklists"] if IDENTIFIER.fullmatch(k)}
+        self.checklists = self.section(
+            lambda: parse_checklists(self, data["checklists"]), "checklists", data, {}
+        )
         self.section(lambda: self.top_states(data["states"]), "states", data)
         rules_value = data.get("rules") or {}
         # Rule names first, so that transitions can refer to rules defined below them.
@@ -343,6 +376,13 @@ class _Builder:
         rules = self.section(lambda: self.rules(data["rules"]), "rules", data, {})
         start_roles = self.section(
             lambda: self.roles(data["start_roles"], ("start_roles",)), "start_roles", data, ()
+        )
+        costs = self.section(lambda: parse_costs(self, data["costs"]), "costs", data)
+        reassignment = self.section(
+            lambda: parse_reassignment(self, data["reassignment"]),
+            "reassignment",
+            data,
+            ReassignmentDef(),
         )
         if self.errors:
             return None
@@ -371,6 +411,9 @@ class _Builder:
             digest=hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest(),
             pos=self.doc.pos(()),
             positions=MappingProxyType(positions),
+            checklists=MappingProxyType(dict(self.checklists)),
+            costs=costs,
+            reassignment=reassignment,
         )
 
     def section(self, build: Any, key: str, data: Mapping[str, Any], default: Any = None) -> Any:
@@ -550,6 +593,7 @@ class _Builder:
                 initial_child=child,
                 description=state.description,
                 pos=state.pos,
+                checklists=state.checklists,
             )
             if initial is None:
                 # Mark the implicit initial child, so every level reads the same way.
@@ -563,6 +607,7 @@ class _Builder:
                     initial_child=first.initial_child,
                     description=first.description,
                     pos=first.pos,
+                    checklists=first.checklists,
                 )
         return names
 
@@ -588,6 +633,16 @@ class _Builder:
         final = self.flag(spec, "final", path)
         if initial and final and parent is None:
             self.error("the initial state cannot be final", (*path, "final"))
+        checklists: tuple[str, ...] = ()
+        if spec.get("checklists"):
+            checklists = parse_state_checklists(
+                self, spec["checklists"], (*path, "checklists"), self.checklists
+            )
+            if final and checklists:
+                self.error(
+                    "a final state cannot open checklists: nothing can complete them",
+                    (*path, "checklists"),
+                )
         self.states[full] = StateDef(
             name=full,
             initial=initial,
@@ -595,6 +650,7 @@ class _Builder:
             parent=parent,
             description=self.text_value(spec, "description", path),
             pos=self.doc.pos(name_path),
+            checklists=checklists,
         )
         self.state_paths[full] = name_path
         children = spec.get("states")
@@ -675,18 +731,12 @@ class _Builder:
         except _Skip:
             pass
         roles = self.roles(spec["roles"], (*path, "roles")) if spec.get("roles") else ()
-        rules: list[str] = []
-        if spec.get("rules"):
-            for rule, rule_path in self.name_list(spec["rules"], (*path, "rules"), "rule name"):
-                if rule not in self.rule_names:
-                    self.error(
-                        f"unknown rule {rule!r}",
-                        rule_path,
-                        suggestions=suggest(rule, self.rule_names),
-                        hint="define it under 'rules'",
-                    )
-                elif rule not in rules:
-                    rules.append(rule)
+        rules = self.rule_refs(spec["rules"], (*path, "rules")) if spec.get("rules") else ()
+        gates: tuple[GateDef, ...] = ()
+        if spec.get("requires"):
+            gates = parse_gates(self, spec["requires"], (*path, "requires"), self.checklists)
+            if gates and sources:
+                check_gate_sources(self, gates, sources, self.states, path)
         writes: list[str] = []
         if spec.get("writes"):
             for name, name_path in self.name_list(spec["writes"], (*path, "writes"), "field name"):
@@ -727,7 +777,7 @@ class _Builder:
                 sources=pair_sources,
                 dest=pair_dest,
                 roles=roles,
-                rules=tuple(rules),
+                rules=rules,
                 description=description,
                 pos=self.doc.pos(path),
                 positions=positions,
@@ -735,9 +785,25 @@ class _Builder:
                 actions=actions,
                 writes=tuple(writes),
                 origin=origin,
+                requires=gates,
             )
             for pair_sources, pair_dest, origin in pairs
         )
+
+    def rule_refs(self, value: Any, path: KeyPath) -> tuple[str, ...]:
+        """Parse a list of rule names, each defined under ``rules``."""
+        rules: list[str] = []
+        for rule, rule_path in self.name_list(value, path, "rule name"):
+            if rule not in self.rule_names:
+                self.error(
+                    f"unknown rule {rule!r}",
+                    rule_path,
+                    suggestions=suggest(rule, self.rule_names),
+                    hint="define it under 'rules'",
+                )
+            elif rule not in rules:
+                rules.append(rule)
+        return tuple(rules)
 
     def actions(self, value: Any, path: KeyPath) -> tuple[ActionDef, ...]:
         """Parse a transition's ``actions``: a list of names or ``{action: name, with: {...}}``."""

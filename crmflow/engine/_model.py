@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -78,6 +79,8 @@ class StateDef:
     initial_child: str | None = None
     description: str = ""
     pos: SourcePos = NOWHERE
+    #: Checklists whose items open as tasks when an instance enters this state.
+    checklists: tuple[str, ...] = ()
 
     @property
     def short_name(self) -> str:
@@ -96,6 +99,16 @@ class ActionDef:
 
     name: str
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    pos: SourcePos = NOWHERE
+
+
+@dataclass(frozen=True)
+class GateDef:
+    """A transition's requirement that a checklist is complete (``requires:``)."""
+
+    checklist: str
+    #: Whether deferred (deferrable) items count as satisfied.
+    allow_deferred: bool = False
     pos: SourcePos = NOWHERE
 
 
@@ -123,6 +136,8 @@ class TransitionDef:
     writes: tuple[str, ...] = ()
     #: For an internal transition: the state it was written on (possibly a compound state).
     origin: str = ""
+    #: Checklists that must be complete before the transition may fire.
+    requires: tuple[GateDef, ...] = ()
 
     def level_for(self, state: str, defn: WorkflowDef) -> str:
         """The state of ``state``'s ancestry this transition was written on."""
@@ -148,6 +163,65 @@ class RuleDef:
     description: str = ""
     pos: SourcePos = NOWHERE
     positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class ChecklistItemDef:
+    """One item of a checklist; entering the checklist's state opens it as a task.
+
+    ``due`` is the time after entering the state by which it is due. ``role`` makes the item
+    held by a role instead of the instance's owner. ``result`` optionally types the value
+    recorded on completion (a field type name).
+    """
+
+    id: str
+    title: str
+    required: bool = True
+    deferrable: bool = False
+    role: str | None = None
+    due: timedelta | None = None
+    depends_on: tuple[str, ...] = ()
+    result: FieldType | None = None
+    description: str = ""
+    pos: SourcePos = NOWHERE
+
+
+@dataclass(frozen=True)
+class ChecklistDef:
+    """A named checklist: items in order, and who may manage every item."""
+
+    name: str
+    title: str
+    items: tuple[ChecklistItemDef, ...]
+    #: Roles that may complete, defer, reopen and hand over any item, not only their own.
+    manager_roles: tuple[str, ...] = ()
+    description: str = ""
+    pos: SourcePos = NOWHERE
+
+    def item(self, item_id: str) -> ChecklistItemDef | None:
+        """The item with ``item_id``, if any."""
+        return next((i for i in self.items if i.id == item_id), None)
+
+
+@dataclass(frozen=True)
+class CostsDef:
+    """The cost categories an instance may record costs under (``costs:``)."""
+
+    #: category name -> title
+    categories: Mapping[str, str]
+    #: Roles that may record costs (any role when empty).
+    roles: tuple[str, ...] = ()
+    currency: str = ""
+    pos: SourcePos = NOWHERE
+
+
+@dataclass(frozen=True)
+class ReassignmentDef:
+    """Who may change an instance's owner, and the rules that must let it pass."""
+
+    roles: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    pos: SourcePos = NOWHERE
 
 
 @dataclass(frozen=True)
@@ -178,6 +252,17 @@ class WorkflowDef:
     pos: SourcePos = NOWHERE
     extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
+    checklists: Mapping[str, ChecklistDef] = field(default_factory=lambda: MappingProxyType({}))
+    costs: CostsDef | None = None
+    reassignment: ReassignmentDef = field(default_factory=ReassignmentDef)
+
+    def checklist_item(self, item_id: str) -> tuple[ChecklistDef, ChecklistItemDef] | None:
+        """The checklist and item with ``item_id`` (item ids are unique per workflow)."""
+        for checklist in self.checklists.values():
+            item = checklist.item(item_id)
+            if item is not None:
+                return checklist, item
+        return None
 
     @property
     def initial_state(self) -> str:

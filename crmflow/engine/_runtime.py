@@ -27,6 +27,7 @@ from crmflow._errors import (
 )
 from crmflow._hashchain import ChainReport, verify_chain
 from crmflow._suggest import suggest
+from crmflow._task_types import Task
 from crmflow._types import (
     Actor,
     FireResult,
@@ -45,6 +46,8 @@ from crmflow.engine._compile import (
 from crmflow.engine._data import coerce_value, merge_data, validate_new_data
 from crmflow.engine._loader import load_definitions
 from crmflow.engine._model import ActionDef, WorkflowDef
+from crmflow.engine._tasks import gate_refusals, task_changes_for_move
+from crmflow.engine._work import WorkOperations
 from crmflow.plugins._manager import make_plugin_manager
 from crmflow.plugins._storage_api import (
     HistoryDraft,
@@ -62,7 +65,8 @@ log = logging.getLogger("crmflow")
 #: History kinds that record an attempt without changing the instance or its version.
 _NON_CHANGING_KINDS = frozenset({"refused", "denied"})
 
-class Engine:
+
+class Engine(WorkOperations):
     """An embeddable workflow engine for one client configuration.
 
     Args:
@@ -276,6 +280,10 @@ class Engine:
         values = validate_new_data(defn.fields, data or {})
         state = defn.leaf_state(defn.initial_state)
         now = self.clock.now()
+        owner = owner if owner is not None else actor.id
+        opened, _ = task_changes_for_move(
+            defn, key=key, from_state=None, to_state=state, tasks=(), gates=(), owner=owner, now=now
+        )
         record = InstanceRecord(
             key=key,
             workflow=defn.name,
@@ -286,10 +294,14 @@ class Engine:
             version=1,
             created_at=now,
             updated_at=now,
-            owner=owner if owner is not None else actor.id,
+            owner=owner,
         )
+        details: dict[str, Any] = {"workflow": defn.name, "version": defn.version}
+        if opened:
+            details["tasks_opened"] = [t.id for t in opened]
         with self.store.transaction() as tx:
             tx.insert_instance(record)
+            tx.put_tasks(opened)
             tx.append_history(
                 HistoryDraft(
                     instance_key=key,
@@ -298,7 +310,7 @@ class Engine:
                     kind="start",
                     to_state=state,
                     changes={k: [None, v] for k, v in values.items() if v is not None},
-                    details={"workflow": defn.name, "version": defn.version},
+                    details=details,
                 )
             )
         return self._instance(record)
@@ -316,7 +328,9 @@ class Engine:
     ) -> dict[str, Any]:
         defn = compiled.defn
         facts: dict[str, Any] = dict(data)
-        facts.update(key=record.key, state=record.state, workflow=record.workflow)
+        facts.update(
+            key=record.key, state=record.state, workflow=record.workflow, owner=record.owner
+        )
         facts["actor"] = {"id": actor.id, "roles": sorted(actor.roles), "org": actor.org}
         facts["now"] = self.clock.now()
         given = given or {}
@@ -459,6 +473,10 @@ class Engine:
         )
         verdicts = self._verdicts(ct, self._facts_for(compiled, ct, record, new_data, actor, facts))
         refusals, warnings, overrides = self._judge(verdicts, actor, override)
+        # Tasks are read only by workflows that have checklists: the others pay nothing.
+        tasks = self.store.tasks(key) if compiled.defn.checklists else []
+        if ct.defn.requires:
+            refusals.extend(gate_refusals(compiled.defn, ct.defn.requires, tasks))
         if refusals:
             self._record_refusal(
                 record,
@@ -481,7 +499,17 @@ class Engine:
         dest = compiled.machine.fire(record.state, trigger)
         try:
             return self._commit(
-                record, actor, ct, dest, new_data, changes, warnings, overrides, idempotency_key
+                compiled,
+                record,
+                actor,
+                ct,
+                dest,
+                new_data,
+                changes,
+                warnings,
+                overrides,
+                idempotency_key,
+                tasks,
             )
         except ConcurrencyConflict:
             # A retry of this very command may have won the race: answer as it did.
@@ -504,6 +532,7 @@ class Engine:
 
     def _commit(
         self,
+        compiled: CompiledWorkflow,
         record: InstanceRecord,
         actor: Actor,
         ct: CompiledTransition,
@@ -513,9 +542,23 @@ class Engine:
         warnings: Sequence[Refusal],
         overrides: Sequence[Override],
         idempotency_key: str | None,
+        tasks: Sequence[Task],
     ) -> FireResult:
         now = self.clock.now()
         trigger = ct.defn.trigger
+        opened: list[Task] = []
+        cancelled: list[Task] = []
+        if compiled.defn.checklists and dest != record.state:
+            opened, cancelled = task_changes_for_move(
+                compiled.defn,
+                key=record.key,
+                from_state=record.state,
+                to_state=dest,
+                tasks=tasks,
+                gates=ct.defn.requires,
+                owner=record.owner,
+                now=now,
+            )
         updated = InstanceRecord(
             key=record.key,
             workflow=record.workflow,
@@ -545,12 +588,18 @@ class Engine:
         )
         with self.store.transaction() as tx:
             tx.update_instance(updated, expected_version=record.version)
+            if opened or cancelled:
+                tx.put_tasks([*opened, *cancelled])
             actions = [self._run_action(action, context, tx) for action in ct.defn.actions]
             effects: dict[str, Any] = {}
             if changes:
                 effects["data_changed"] = dict(changes)
             if actions:
                 effects["actions"] = actions
+            if opened:
+                effects["tasks_opened"] = [t.id for t in opened]
+            if cancelled:
+                effects["tasks_cancelled"] = [t.id for t in cancelled]
             tx.append_history(
                 HistoryDraft(
                     instance_key=record.key,
@@ -567,6 +616,11 @@ class Engine:
                         "warnings": [w.as_dict() for w in warnings],
                         "roles": sorted(actor.roles),
                         "actions": actions,
+                        **{
+                            name: effects[name]
+                            for name in ("tasks_opened", "tasks_cancelled")
+                            if name in effects
+                        },
                     },
                 )
             )
@@ -644,6 +698,7 @@ class Engine:
         record = self._record(key)
         compiled = self._compiled_for(record)
         data = dict(record.data)
+        tasks: list[Task] | None = None
         options: list[TriggerOption] = []
         for trigger, ct in compiled.by_state.get(record.state, {}).items():
             dest = compiled.defn.leaf_state(ct.defn.dest)
@@ -672,6 +727,10 @@ class Engine:
                 verdicts = []
             refusals, warnings, _ = self._judge(verdicts, actor, None)
             reasons.extend(refusals)
+            if ct.defn.requires:
+                if tasks is None:
+                    tasks = self.store.tasks(key)
+                reasons.extend(gate_refusals(compiled.defn, ct.defn.requires, tasks))
             # Role and fact reasons are blocks, so only pure confirm refusals qualify.
             needs_override = bool(reasons) and all(
                 r.effect == "confirm" and actor.has_any_role(r.override_roles) for r in reasons

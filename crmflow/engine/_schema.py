@@ -27,6 +27,13 @@ from crmflow.engine._loader import (
     TOP_LEVEL_KEYS,
     TRANSITION_KEYS,
 )
+from crmflow.engine._loader_tasks import (
+    CHECKLIST_ITEM_KEYS,
+    CHECKLIST_KEYS,
+    COSTS_KEYS,
+    GATE_KEYS,
+    REASSIGNMENT_KEYS,
+)
 from crmflow.engine._model import EFFECTS, FIELD_TYPES
 
 __all__ = ["SCHEMA_ID", "build_schema", "load_schema", "render_schema", "schema_path"]
@@ -63,12 +70,49 @@ _TOP: dict[str, Any] = {
     "states": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "state"}},
     "transitions": {"type": "array", "items": {"$ref": _REF + "transition"}},
     "rules": {"type": "object", "additionalProperties": {"$ref": _REF + "rule"}},
+    "checklists": {"type": "object", "additionalProperties": {"$ref": _REF + "checklist"}},
+    "costs": {"$ref": _REF + "costs"},
+    "reassignment": {"$ref": _REF + "reassignment"},
 }
+_DURATION: dict[str, Any] = {"type": "string", "pattern": r"^\s*\d+[smhdw](\s+\d+[smhdw])*\s*$"}
+_CHECKLIST: dict[str, Any] = {
+    "title": _TEXT,
+    "description": _TEXT,
+    "manager_roles": _NAMES,
+    "items": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "checklist_item"}},
+}
+_CHECKLIST_ITEM: dict[str, Any] = {
+    "id": {"$ref": _REF + "identifier"},
+    "title": {"type": "string"},
+    "required": {**_BOOL, "default": True},
+    "deferrable": {**_BOOL, "default": False},
+    "role": {"$ref": _REF + "identifier"},
+    "due": _DURATION,
+    "depends_on": _NAMES,
+    "result": {"$ref": _REF + "field_type"},
+    "description": _TEXT,
+}
+_GATE: dict[str, Any] = {
+    "checklist": {"$ref": _REF + "identifier"},
+    "allow_deferred": {**_BOOL, "default": False},
+}
+_COSTS: dict[str, Any] = {
+    "categories": {
+        "oneOf": [
+            {"type": "array", "minItems": 1, "items": {"$ref": _REF + "identifier"}},
+            {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
+        ]
+    },
+    "roles": _NAMES,
+    "currency": _TEXT,
+}
+_REASSIGNMENT: dict[str, Any] = {"roles": _NAMES, "rules": _NAMES}
 _STATE: dict[str, Any] = {
     "name": {"$ref": _REF + "identifier"},
     "initial": _BOOL,
     "final": _BOOL,
     "description": _TEXT,
+    "checklists": _NAMES,
     "states": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "state"}},
 }
 _TRANSITION: dict[str, Any] = {
@@ -83,6 +127,12 @@ _TRANSITION: dict[str, Any] = {
     "roles": _NAMES,
     "rules": _NAMES,
     "writes": _NAMES,
+    "requires": {
+        "oneOf": [
+            {"$ref": _REF + "gate"},
+            {"type": "array", "minItems": 1, "items": {"$ref": _REF + "gate"}},
+        ]
+    },
     "actions": {
         "type": "array",
         "items": {
@@ -162,6 +212,11 @@ def build_schema() -> dict[str, Any]:
             },
             "transition": _object(TRANSITION_KEYS, _TRANSITION, "a transition"),
             "rule": _object(RULE_KEYS, _RULE, "a rule"),
+            "checklist": _object(CHECKLIST_KEYS, _CHECKLIST, "a checklist"),
+            "checklist_item": _object(CHECKLIST_ITEM_KEYS, _CHECKLIST_ITEM, "a checklist item"),
+            "gate": _object(GATE_KEYS, _GATE, "a requirement"),
+            "costs": _object(COSTS_KEYS, _COSTS, "costs"),
+            "reassignment": _object(REASSIGNMENT_KEYS, _REASSIGNMENT, "reassignment"),
             "field": {
                 "oneOf": [
                     {"$ref": _REF + "field_type"},

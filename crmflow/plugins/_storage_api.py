@@ -8,18 +8,22 @@ succeeds only when the stored version still equals the version the engine read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from crmflow._task_types import CostEntry, Task
+
 __all__ = [
+    "CostEntry",
     "HistoryDraft",
     "HistoryRecord",
     "InstanceRecord",
     "Storage",
     "StorageTx",
+    "Task",
 ]
 
 
@@ -129,6 +133,16 @@ class StorageTx(Protocol):
         ``idempotency_key`` attribute and has ``expected_version`` 0.
         """
 
+    def put_tasks(self, tasks: Sequence[Task]) -> None:
+        """Insert or replace tasks, identified by (``key``, ``id``).
+
+        The engine changes tasks only together with their instance's version (in the same
+        transaction), so the instance's compare-and-set already serialises task writers.
+        """
+
+    def add_cost(self, entry: CostEntry) -> None:
+        """Record a cost entry; (``key``, ``seq``) is unique."""
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -150,6 +164,32 @@ class Storage(Protocol):
 
     def iter_instances(self, workflow: str | None = None) -> Iterator[InstanceRecord]:
         """Every instance (of one workflow when given), in key order."""
+
+    def count_instances(
+        self, *, owner: str, workflow: str | None = None, states: Collection[str] | None = None
+    ) -> int:
+        """How many instances ``owner`` owns (of ``workflow``, in one of ``states``)."""
+
+    def tasks(self, instance_key: str) -> list[Task]:
+        """The tasks of one instance, in ``position`` order."""
+
+    def query_tasks(
+        self,
+        *,
+        workflow: str | None = None,
+        assignee: str | None = None,
+        owner: str | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> list[Task]:
+        """Tasks across instances, filtered; ordered by instance key, then position.
+
+        ``owner`` filters on the owner of the task's instance, ``workflow`` on its workflow.
+        """
+
+    def costs(
+        self, *, instance_key: str | None = None, workflow: str | None = None
+    ) -> list[CostEntry]:
+        """Cost entries (of one instance or workflow), ordered by instance key, then seq."""
 
     def close(self) -> None:
         """Release connections; the object is unusable afterwards."""

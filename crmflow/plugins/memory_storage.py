@@ -13,7 +13,7 @@ module level.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -22,7 +22,19 @@ from typing import Any, cast
 from crmflow._codec import from_jsonable, to_jsonable
 from crmflow._errors import ConcurrencyConflict, InstanceExists, StorageError
 from crmflow._hashchain import GENESIS, encoded_entry_hash
-from crmflow.plugins._storage_api import HistoryDraft, HistoryRecord, InstanceRecord
+from crmflow.plugins._storage_api import (
+    CostEntry,
+    HistoryDraft,
+    HistoryRecord,
+    InstanceRecord,
+    Task,
+)
+from crmflow.plugins._task_codec import (
+    cost_from_values,
+    cost_to_values,
+    task_from_values,
+    task_to_values,
+)
 from crmflow.plugins.hookspecs import hookimpl
 
 __all__ = ["MemoryStorage", "MemoryTx", "crmflow_open_storage"]
@@ -78,6 +90,8 @@ class MemoryTx:
         self._instances: dict[str, _StoredInstance] = {}
         self._history: dict[str, list[_StoredHistory]] = {}
         self._idempotency: dict[str, tuple[str, Any, str]] = {}
+        self._tasks: dict[tuple[str, str], dict[str, Any]] = {}
+        self._costs: list[dict[str, Any]] = []
 
     # The store's committed dicts are read without the state lock: only the transaction
     # holding the write lock (this one) ever changes them.
@@ -166,6 +180,19 @@ class MemoryTx:
         created = (at or datetime.now(UTC)).isoformat()
         self._idempotency[idempotency_key] = (instance_key, to_jsonable(result), created)
 
+    def put_tasks(self, tasks: Sequence[Task]) -> None:
+        """Insert or replace tasks, identified by (``key``, ``id``)."""
+        for task in tasks:
+            self._tasks[(task.key, task.id)] = task_to_values(task)
+
+    def add_cost(self, entry: CostEntry) -> None:
+        """Record a cost entry; (``key``, ``seq``) must be new."""
+        values = cost_to_values(entry)
+        taken = {(c["instance_key"], c["seq"]) for c in (*self._store._costs, *self._costs)}
+        if (entry.key, entry.seq) in taken:
+            raise StorageError(f"cost entry {entry.seq} of {entry.key!r} already exists")
+        self._costs.append(values)
+
     def _commit(self) -> None:
         store = self._store
         with store._state_lock:
@@ -174,6 +201,8 @@ class MemoryTx:
                 if entries:
                     store._history.setdefault(key, []).extend(entries)
             store._idempotency.update(self._idempotency)
+            store._tasks.update(self._tasks)
+            store._costs.extend(self._costs)
 
 
 class MemoryStorage:
@@ -190,6 +219,8 @@ class MemoryStorage:
         self._instances: dict[str, _StoredInstance] = {}
         self._history: dict[str, list[_StoredHistory]] = {}
         self._idempotency: dict[str, tuple[str, Any, str]] = {}
+        self._tasks: dict[tuple[str, str], dict[str, Any]] = {}
+        self._costs: list[dict[str, Any]] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -246,6 +277,73 @@ class MemoryStorage:
             if workflow is None or s.record.workflow == workflow:
                 yield _decode_instance(s)
 
+    def count_instances(
+        self, *, owner: str, workflow: str | None = None, states: Collection[str] | None = None
+    ) -> int:
+        """How many instances ``owner`` owns (of ``workflow``, in one of ``states``)."""
+        self._check_open()
+        with self._state_lock:
+            records = [s.record for s in self._instances.values()]
+        return sum(
+            1
+            for r in records
+            if r.owner == owner
+            and (workflow is None or r.workflow == workflow)
+            and (states is None or r.state in states)
+        )
+
+    def tasks(self, instance_key: str) -> list[Task]:
+        """The tasks of one instance, in ``position`` order."""
+        self._check_open()
+        with self._state_lock:
+            rows = [v for (key, _), v in self._tasks.items() if key == instance_key]
+        return sorted((task_from_values(v) for v in rows), key=lambda t: t.position)
+
+    def query_tasks(
+        self,
+        *,
+        workflow: str | None = None,
+        assignee: str | None = None,
+        owner: str | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> list[Task]:
+        """Tasks across instances, filtered; ordered by instance key, then position."""
+        self._check_open()
+        with self._state_lock:
+            rows = list(self._tasks.values())
+            instances = {k: s.record for k, s in self._instances.items()}
+        found = []
+        for values in rows:
+            record = instances.get(values["instance_key"])
+            if record is None:
+                continue
+            if workflow is not None and record.workflow != workflow:
+                continue
+            if owner is not None and record.owner != owner:
+                continue
+            if assignee is not None and values["assignee"] != assignee:
+                continue
+            if statuses is not None and values["status"] not in statuses:
+                continue
+            found.append(task_from_values(values))
+        return sorted(found, key=lambda t: (t.key, t.position))
+
+    def costs(
+        self, *, instance_key: str | None = None, workflow: str | None = None
+    ) -> list[CostEntry]:
+        """Cost entries (of one instance or workflow), ordered by instance key, then seq."""
+        self._check_open()
+        with self._state_lock:
+            rows = list(self._costs)
+            workflows = {k: s.record.workflow for k, s in self._instances.items()}
+        entries = [
+            cost_from_values(v)
+            for v in rows
+            if (instance_key is None or v["instance_key"] == instance_key)
+            and (workflow is None or workflows.get(v["instance_key"]) == workflow)
+        ]
+        return sorted(entries, key=lambda c: (c.key, c.seq))
+
     def close(self) -> None:
         """Drop the data; the object is unusable afterwards."""
         self._closed = True
@@ -253,6 +351,8 @@ class MemoryStorage:
             self._instances.clear()
             self._history.clear()
             self._idempotency.clear()
+            self._tasks.clear()
+            self._costs.clear()
 
 
 @hookimpl

@@ -26,14 +26,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Index,
     Integer,
     Table,
     Text,
@@ -62,22 +64,37 @@ from crmflow._errors import (
     StorageError,
 )
 from crmflow._hashchain import GENESIS, entry_hash
-from crmflow.plugins._storage_api import HistoryDraft, HistoryRecord, InstanceRecord
+from crmflow.plugins._storage_api import (
+    CostEntry,
+    HistoryDraft,
+    HistoryRecord,
+    InstanceRecord,
+    Task,
+)
+from crmflow.plugins._task_codec import (
+    cost_from_values,
+    cost_to_values,
+    task_from_values,
+    task_to_values,
+)
 from crmflow.plugins.hookspecs import hookimpl
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CostRow",
     "HistoryRow",
     "IdempotencyRow",
     "InstanceRow",
     "SchemaVersionRow",
     "SqlStorage",
     "SqlTx",
+    "TaskRow",
     "crmflow_open_storage",
 ]
 
 #: Version of the table layout this module writes; stored in ``crmflow_schema_version``.
-SCHEMA_VERSION = 1
+#: 2 added ``crmflow_tasks`` and ``crmflow_costs`` (new tables only, created on open).
+SCHEMA_VERSION = 2
 
 #: Seconds a SQLite writer waits for the write lock before failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -111,6 +128,7 @@ class InstanceRow(_Base, table=True):
     """``crmflow_instances``: one row per workflow instance."""
 
     __tablename__ = "crmflow_instances"
+    __table_args__ = (Index("ix_crmflow_instances_owner", "owner", "workflow"),)
 
     key: str = Field(primary_key=True)
     workflow: str = Field(index=True)
@@ -167,6 +185,48 @@ class IdempotencyRow(_Base, table=True):
     created_at: str
 
 
+class TaskRow(_Base, table=True):
+    """``crmflow_tasks``: the tasks of each instance (checklist items and others)."""
+
+    __tablename__ = "crmflow_tasks"
+    __table_args__ = (Index("ix_crmflow_tasks_assignee_status", "assignee", "status"),)
+
+    instance_key: str = Field(primary_key=True)
+    task_id: str = Field(primary_key=True)
+    position: int
+    checklist: str
+    title: str = Field(sa_column=Column(Text, nullable=False))
+    status: str
+    assignee: str | None = Field(default=None, nullable=True)
+    role: str | None = Field(default=None, nullable=True)
+    required: bool = Field(sa_column=Column(Boolean, nullable=False))
+    deferrable: bool = Field(sa_column=Column(Boolean, nullable=False))
+    depends_on: str = Field(sa_column=Column(Text, nullable=False))
+    due_at: str | None = Field(default=None, nullable=True)
+    result: str = Field(sa_column=Column(Text, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    defer_reason: str = Field(sa_column=Column(Text, nullable=False))
+    opened_at: str
+    updated_at: str
+    closed_at: str | None = Field(default=None, nullable=True)
+    closed_by: str | None = Field(default=None, nullable=True)
+
+
+class CostRow(_Base, table=True):
+    """``crmflow_costs``: costs recorded against instances; ``seq`` is the instance version."""
+
+    __tablename__ = "crmflow_costs"
+
+    instance_key: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    category: str = Field(index=True)
+    amount: str  # exact decimal text; sums are taken in Python with Decimal
+    actor: str
+    at: str
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    currency: str
+
+
 class SchemaVersionRow(_Base, table=True):
     """``crmflow_schema_version``: a single row (id 1) naming the table layout's version."""
 
@@ -184,6 +244,8 @@ _INST = _table(InstanceRow)
 _HIST = _table(HistoryRow)
 _IDEM = _table(IdempotencyRow)
 _SCHEMA = _table(SchemaVersionRow)
+_TASK = _table(TaskRow)
+_COST = _table(CostRow)
 
 #: The metadata holding every crmflow table (for migrations and tooling).
 METADATA = _Base.metadata
@@ -579,6 +641,30 @@ class SqlTx:
 
         _guard("put_idempotency", run)
 
+    def put_tasks(self, tasks: Sequence[Task]) -> None:
+        """Insert or replace tasks, identified by (``key``, ``id``)."""
+        if not tasks:
+            return
+        insert = pg_insert if self._pg else sqlite_insert
+
+        def run() -> None:
+            rows = [task_to_values(t) for t in tasks]
+            stmt = insert(_TASK)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["instance_key", "task_id"],
+                set_={name: stmt.excluded[name] for name in rows[0] if name not in _TASK_PK},
+            )
+            self.connection.execute(stmt, rows)
+
+        _guard("put_tasks", run)
+
+    def add_cost(self, entry: CostEntry) -> None:
+        """Record a cost entry; (``key``, ``seq``) must be new."""
+        _guard("add_cost", lambda: self.connection.execute(_COST.insert(), [cost_to_values(entry)]))
+
+
+_TASK_PK = ("instance_key", "task_id")
+
 
 def _idempotency_conflict(idempotency_key: str, instance_key: str) -> ConcurrencyConflict:
     err = ConcurrencyConflict(instance_key, 0, None)
@@ -700,6 +786,14 @@ class SqlStorage:
                 ).scalar_one_or_none()
                 if found is None:
                     conn.execute(_SCHEMA.insert().values(id=1, version=SCHEMA_VERSION))
+                elif found < SCHEMA_VERSION:
+                    # Every change so far only added tables, which create_all has just made,
+                    # and indexes, which create_all adds to new tables only.
+                    for index in _INST.indexes:
+                        index.create(conn, checkfirst=True)
+                    conn.execute(
+                        update(_SCHEMA).where(_SCHEMA.c.id == 1).values(version=SCHEMA_VERSION)
+                    )
                 elif found > SCHEMA_VERSION:
                     raise StorageError(
                         f"database schema version {found} is newer than this crmflow's "
@@ -781,6 +875,75 @@ class SqlStorage:
             if len(page) < _PAGE:
                 return
             after = page[-1].key
+
+    def count_instances(
+        self, *, owner: str, workflow: str | None = None, states: Collection[str] | None = None
+    ) -> int:
+        """How many instances ``owner`` owns (of ``workflow``, in one of ``states``)."""
+
+        def q(conn: Connection) -> int:
+            stmt = select(func.count()).select_from(_INST).where(_INST.c.owner == owner)
+            if workflow is not None:
+                stmt = stmt.where(_INST.c.workflow == workflow)
+            if states is not None:
+                stmt = stmt.where(_INST.c.state.in_(sorted(states)))
+            return int(conn.execute(stmt).scalar_one())
+
+        return self._read("count_instances", q)
+
+    def tasks(self, instance_key: str) -> list[Task]:
+        """The tasks of one instance, in ``position`` order."""
+
+        def q(conn: Connection) -> list[Task]:
+            stmt = (
+                select(_TASK).where(_TASK.c.instance_key == instance_key).order_by(_TASK.c.position)
+            )
+            return [task_from_values(dict(row._mapping)) for row in conn.execute(stmt)]
+
+        return self._read("tasks", q)
+
+    def query_tasks(
+        self,
+        *,
+        workflow: str | None = None,
+        assignee: str | None = None,
+        owner: str | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> list[Task]:
+        """Tasks across instances, filtered; ordered by instance key, then position."""
+
+        def q(conn: Connection) -> list[Task]:
+            stmt = select(_TASK).join(_INST, _INST.c.key == _TASK.c.instance_key)
+            if workflow is not None:
+                stmt = stmt.where(_INST.c.workflow == workflow)
+            if owner is not None:
+                stmt = stmt.where(_INST.c.owner == owner)
+            if assignee is not None:
+                stmt = stmt.where(_TASK.c.assignee == assignee)
+            if statuses is not None:
+                stmt = stmt.where(_TASK.c.status.in_(sorted(statuses)))
+            stmt = stmt.order_by(_TASK.c.instance_key, _TASK.c.position)
+            return [task_from_values(dict(row._mapping)) for row in conn.execute(stmt)]
+
+        return self._read("query_tasks", q)
+
+    def costs(
+        self, *, instance_key: str | None = None, workflow: str | None = None
+    ) -> list[CostEntry]:
+        """Cost entries (of one instance or workflow), ordered by instance key, then seq."""
+
+        def q(conn: Connection) -> list[CostEntry]:
+            stmt = select(_COST)
+            if workflow is not None:
+                stmt = stmt.join(_INST, _INST.c.key == _COST.c.instance_key).where(
+                    _INST.c.workflow == workflow
+                )
+            if instance_key is not None:
+                stmt = stmt.where(_COST.c.instance_key == instance_key)
+            stmt = stmt.order_by(_COST.c.instance_key, _COST.c.seq)
+            return [cost_from_values(dict(row._mapping)) for row in conn.execute(stmt)]
+
+        return self._read("costs", q)
 
     def dispose(self) -> None:
         """Close pooled connections; the store stays usable and reconnects on demand."""
