@@ -225,6 +225,119 @@ class ReassignmentDef:
 
 
 @dataclass(frozen=True)
+class NotifyDef:
+    """A notification to send: to whom, what, on which channels.
+
+    ``to`` holds recipient specs: ``owner``, ``manager`` (the owner's manager), ``role:NAME``,
+    ``user:ID``, ``unit:PATH``. ``subject`` and ``body`` are templates whose ``{...}`` parts
+    are rule expressions over the instance's fields (and ``key``, ``state``, ``owner``).
+    ``channels`` empty means the engine's default channels.
+    """
+
+    to: tuple[str, ...]
+    subject: str
+    body: str = ""
+    channels: tuple[str, ...] = ()
+    pos: SourcePos = NOWHERE
+    positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
+
+
+TimerKind = Literal["after", "before", "sla"]
+
+
+@dataclass(frozen=True)
+class TimerDef:
+    """A timer an instance runs while it is in one of ``states`` (or below them).
+
+    Kinds:
+
+    * ``after``: due ``after`` once the instance enters the scope; ``reset_on`` triggers
+      restart it (a visit resets "no visit for 10 days").
+    * ``before``: due ``before`` ahead of the date or datetime in ``date_field``; set again when
+      the field changes; no timer while the field is empty.
+    * ``sla``: due ``sla_hours[value of sla_by]`` hours after entering the scope
+      (``sla_default`` for values not listed; no timer when neither applies).
+
+    With ``working_time`` the due time follows the business calendar: durations count working
+    time only, and a due time outside working time moves to the next working moment (never
+    skipped). When due, the timer fires ``fire`` (a trigger, through the same path as a host
+    call) and/or sends ``notify``. An empty ``states`` means the whole life of the instance
+    (until a final state).
+    """
+
+    name: str
+    kind: TimerKind
+    states: tuple[str, ...] = ()
+    after: timedelta | None = None
+    before: timedelta | None = None
+    date_field: str | None = None
+    sla_by: str | None = None
+    sla_hours: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    sla_default: float | None = None
+    working_time: bool = False
+    fire: str | None = None
+    notify: NotifyDef | None = None
+    reset_on: tuple[str, ...] = ()
+    pos: SourcePos = NOWHERE
+
+
+AutomationActionKind = Literal["notify", "create_task", "set", "start_timer"]
+
+
+@dataclass(frozen=True)
+class AutomationActionDef:
+    """One action of an automation's ``do:`` list; exactly one of the payloads is set.
+
+    * ``notify``: send ``notify``.
+    * ``create_task``: open ``task`` (an item: id, title, role, due, ...) as a task of the
+      instance, held by the owner unless it names a role.
+    * ``set``: set field ``set_field`` to ``set_value`` (checked against the field's type).
+    * ``start_timer``: start ``timer`` (a timer definition whose scope is the current state).
+    """
+
+    kind: AutomationActionKind
+    notify: NotifyDef | None = None
+    task: ChecklistItemDef | None = None
+    set_field: str | None = None
+    set_value: Any = None
+    timer: TimerDef | None = None
+    pos: SourcePos = NOWHERE
+
+
+@dataclass(frozen=True)
+class AutomationDef:
+    """``on`` an event, ``if`` a condition holds, ``do`` actions (in the same transaction).
+
+    The automation runs when any of its ``on`` parts matches the change being committed:
+    a fired trigger in ``on_transitions`` (``"*"`` for any transition that changes state or
+    not), a state in ``on_enter`` being entered (or a state below it), or an event in
+    ``on_events`` (``started``, ``task_completed``, ``task_deferred``, ``reassigned``,
+    ``cost_recorded``, ``timer``). ``condition`` is a rule expression (``if:``) over the
+    instance after the change.
+    """
+
+    name: str
+    on_transitions: tuple[str, ...] = ()
+    on_enter: tuple[str, ...] = ()
+    on_events: tuple[str, ...] = ()
+    condition: str | None = None
+    actions: tuple[AutomationActionDef, ...] = ()
+    pos: SourcePos = NOWHERE
+    positions: Mapping[str, SourcePos] = field(default_factory=lambda: MappingProxyType({}))
+
+
+#: Events an automation can listen to besides transitions and state entries.
+AUTOMATION_EVENTS: tuple[str, ...] = (
+    "started",
+    "task_completed",
+    "task_deferred",
+    "reassigned",
+    "cost_recorded",
+    "timer",
+)
+
+
+@dataclass(frozen=True)
 class WorkflowDef:
     """One version of one workflow, validated and immutable.
 
@@ -255,6 +368,11 @@ class WorkflowDef:
     checklists: Mapping[str, ChecklistDef] = field(default_factory=lambda: MappingProxyType({}))
     costs: CostsDef | None = None
     reassignment: ReassignmentDef = field(default_factory=ReassignmentDef)
+    timers: tuple[TimerDef, ...] = ()
+    automations: tuple[AutomationDef, ...] = ()
+    #: The business calendar written in the workflow (``calendar:``); ``None`` uses the
+    #: engine's calendar. Typed loosely to keep the model free of the calendar module.
+    calendar: Any = None
 
     def checklist_item(self, item_id: str) -> tuple[ChecklistDef, ChecklistItemDef] | None:
         """The checklist and item with ``item_id`` (item ids are unique per workflow)."""

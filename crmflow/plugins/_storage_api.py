@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from crmflow._task_types import CostEntry, Task
@@ -21,9 +21,11 @@ __all__ = [
     "HistoryDraft",
     "HistoryRecord",
     "InstanceRecord",
+    "OutboxRecord",
     "Storage",
     "StorageTx",
     "Task",
+    "TimerRecord",
 ]
 
 
@@ -93,6 +95,71 @@ class HistoryRecord:
     hash: str
 
 
+@dataclass(frozen=True)
+class TimerRecord:
+    """A timer waiting in storage until ``due_at``.
+
+    ``kind`` is ``after``, ``before`` or ``sla`` (a workflow timer of ``instance_key``),
+    ``automation`` (started by an automation), ``reminder`` (a personal reminder of ``owner``)
+    or ``subscription`` (a report ``owner`` subscribed to). ``status`` is ``pending`` until it
+    fires for the last time (``fired``) or is cancelled (``cancelled``); a recurring timer stays
+    ``pending`` with a later ``due_at`` and a higher ``fire_count``. ``claimed_by`` and
+    ``lease_until`` mark a worker that is firing it right now; a lease that ran out can be
+    claimed again (the worker died). ``payload`` holds codec values (what to fire or send,
+    cron expression, time zone ...). All datetimes are time-zone aware.
+    """
+
+    id: str
+    kind: str
+    name: str
+    due_at: datetime
+    created_at: datetime
+    instance_key: str | None = None
+    owner: str | None = None
+    status: str = "pending"
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    fired_at: datetime | None = None
+    fire_count: int = 0
+    claimed_by: str | None = None
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """A notification waiting for delivery on one channel to one recipient.
+
+    Written in the transaction of the change that caused it and delivered after commit.
+    ``status`` is ``pending`` (queued, perhaps after failed attempts: ``attempts``,
+    ``last_error`` and ``next_attempt_at`` say so), ``delivered`` or ``dead`` (given up).
+    ``recipient`` receives it; ``intended`` is who it was addressed to (they differ while the
+    intended user delegates to a proxy; ``metadata["delegation"]`` says why). ``read_at`` and
+    ``acknowledged_at`` track an in-app message or reminder further. ``timer_id`` links a
+    reminder's notification to its timer (acknowledging stops the repeats).
+    """
+
+    id: str
+    channel: str
+    recipient: str
+    subject: str
+    created_at: datetime
+    instance_key: str | None = None
+    event: str = ""
+    intended: str = ""
+    address: str = ""
+    body: str = ""
+    status: str = "pending"
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str = ""
+    delivered_at: datetime | None = None
+    read_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    timer_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    claimed_by: str | None = None
+    lease_until: datetime | None = None
+
+
 @runtime_checkable
 class StorageTx(Protocol):
     """Operations inside one storage transaction; all commit together or none does."""
@@ -143,6 +210,34 @@ class StorageTx(Protocol):
     def add_cost(self, entry: CostEntry) -> None:
         """Record a cost entry; (``key``, ``seq``) is unique."""
 
+    def insert_timers(self, timers: Sequence[TimerRecord]) -> None:
+        """Insert new timers (``id`` is new)."""
+
+    def cancel_timers(
+        self, instance_key: str, names: Collection[str] | None = None, *, at: datetime
+    ) -> list[TimerRecord]:
+        """Cancel the instance's pending timers (those named, or all); return them, cancelled."""
+
+    def finish_timer(
+        self,
+        timer_id: str,
+        worker: str,
+        *,
+        at: datetime,
+        next_due: datetime | None = None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record that ``worker`` fired its claimed timer at ``at``.
+
+        Only if the timer is still ``pending`` and claimed by ``worker`` (return ``False`` and
+        change nothing otherwise: it was cancelled, or its lease ran out and another worker took
+        it). With ``next_due`` it stays pending for the next occurrence (claim cleared,
+        ``fire_count`` + 1, ``payload`` replaced when given); without, it becomes ``fired``.
+        """
+
+    def insert_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """Queue notifications (``id`` is new)."""
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -190,6 +285,83 @@ class Storage(Protocol):
         self, *, instance_key: str | None = None, workflow: str | None = None
     ) -> list[CostEntry]:
         """Cost entries (of one instance or workflow), ordered by instance key, then seq."""
+
+    def claim_due_timers(
+        self, now: datetime, worker: str, *, lease: timedelta, limit: int
+    ) -> list[TimerRecord]:
+        """Claim up to ``limit`` pending timers due at ``now``, earliest first, for ``worker``.
+
+        A timer is claimable when it is pending, ``due_at <= now`` and it has no live lease.
+        Claiming sets ``claimed_by`` and ``lease_until = now + lease`` in a short transaction of
+        its own; two workers never claim the same timer (PostgreSQL: ``FOR UPDATE SKIP
+        LOCKED``).
+        """
+
+    def release_timer(self, timer_id: str, worker: str) -> None:
+        """Give a claim back (the timer stays pending and can be claimed at once)."""
+
+    def timers(
+        self,
+        *,
+        instance_key: str | None = None,
+        owner: str | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> list[TimerRecord]:
+        """Timers, filtered, ordered by ``due_at`` then ``id``."""
+
+    def get_timer(self, timer_id: str) -> TimerRecord | None:
+        """One timer by id."""
+
+    def count_timers(self, *, statuses: Collection[str] | None = None) -> int:
+        """How many timers (with one of ``statuses``) there are."""
+
+    def claim_due_outbox(
+        self, now: datetime, worker: str, *, lease: timedelta, limit: int
+    ) -> list[OutboxRecord]:
+        """Claim up to ``limit`` pending notifications whose next attempt is due, oldest first.
+
+        Due means ``next_attempt_at`` is empty or ``<= now``, with no live lease. Same claiming
+        rules as :meth:`claim_due_timers`.
+        """
+
+    def finish_delivery(
+        self,
+        outbox_id: str,
+        worker: str,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        last_error: str,
+        delivered_at: datetime | None,
+    ) -> bool:
+        """Record a delivery attempt of a claimed notification (claim cleared).
+
+        Only if it is still claimed by ``worker``; returns whether it was.
+        """
+
+    def outbox(
+        self,
+        *,
+        instance_key: str | None = None,
+        recipient: str | None = None,
+        channel: str | None = None,
+        statuses: Collection[str] | None = None,
+        timer_id: str | None = None,
+    ) -> list[OutboxRecord]:
+        """Notifications, filtered, ordered by ``created_at`` then ``id``."""
+
+    def get_outbox(self, outbox_id: str) -> OutboxRecord | None:
+        """One notification by id."""
+
+    def mark_outbox(
+        self,
+        outbox_id: str,
+        *,
+        read_at: datetime | None = None,
+        acknowledged_at: datetime | None = None,
+    ) -> OutboxRecord | None:
+        """Set ``read_at`` / ``acknowledged_at`` (when given and not yet set); return the row."""
 
     def close(self) -> None:
         """Release connections; the object is unusable afterwards."""
