@@ -14,6 +14,7 @@ import pytest
 
 from crmflow import (
     Actor,
+    CrmflowError,
     Engine,
     InvalidData,
     PermissionDenied,
@@ -202,7 +203,37 @@ def test_leaving_by_another_path_cancels_the_open_tasks(engine: Engine) -> None:
     assert set(statuses.values()) == {"cancelled"}
     refused = engine.complete_task("C-1", "contact_person", actor=ALICE)
     assert not refused.ok
-    assert "cancelled" in refused.refusals[0].message
+    assert "finished (abandoned)" in refused.refusals[0].message
+
+
+def test_closing_the_customer_cancels_what_the_gate_carried_along(engine: Engine) -> None:
+    _confirming(engine)
+    _finish_all_but(engine, "C-1", {"packaging", "quality_standard", "welcome_gift"})
+    assert engine.defer_task("C-1", "packaging", actor=ALICE, reason="later").ok
+    assert engine.defer_task("C-1", "quality_standard", actor=QUINN, reason="later").ok
+    assert engine.fire("C-1", "activate", actor=ALICE).ok
+    assert engine.fire("C-1", "mark_dormant", actor=ALICE).ok
+    assert engine.progress("C-1").deferred == 2  # still work to do while the customer lives
+    result = engine.fire("C-1", "close", actor=SAM, data={"close_reason": "moved abroad"})
+    assert set(result.effects["tasks_cancelled"]) == {
+        "packaging",
+        "quality_standard",
+        "welcome_gift",
+    }
+    progress = engine.progress("C-1")
+    assert (progress.open, progress.deferred, progress.cancelled) == (0, 0, 3)
+    assert not engine.complete_task("C-1", "packaging", actor=ALICE).ok
+    assert engine.verify("C-1").ok
+
+
+def test_task_filters_refuse_unknown_names(engine: Engine) -> None:
+    _confirming(engine)
+    with pytest.raises(InvalidData) as info:
+        engine.tasks("C-1", status="opne")
+    assert "open" in info.value.suggestions
+    with pytest.raises(InvalidData) as info:
+        engine.tasks("C-1", checklist="confirmaton")
+    assert info.value.suggestions == ("confirmation",)
 
 
 # -- task operations: roles, status, history -------------------------------------------------
@@ -338,12 +369,43 @@ def test_preview_and_reassign_move_every_open_task_but_the_kept_ones(engine: Eng
 
 def test_reassign_refuses_unknown_kept_tasks_and_a_no_op(engine: Engine) -> None:
     _confirming(engine)
+    assert engine.complete_task("C-1", "payment_terms", actor=ALICE).ok
     with pytest.raises(UnknownTask) as info:
         engine.reassign("C-1", "bob", actor=SAM, keep={"contact_persn"})
     assert info.value.suggestions == ("contact_person",)
+    with pytest.raises(InvalidData, match="is done"):
+        engine.reassign("C-1", "bob", actor=SAM, keep={"payment_terms"})
+    with pytest.raises(InvalidData, match="set of task ids"):
+        engine.reassign("C-1", "bob", actor=SAM, keep="contact_person")
     with pytest.raises(InvalidData, match="already owns"):
         engine.reassign("C-1", "alice", actor=SAM)
+    # Someone without the role learns nothing about the tasks: the role is checked first.
+    with pytest.raises(PermissionDenied):
+        engine.reassign("C-1", "bob", actor=ALICE, keep={"no_such_task"})
+    with pytest.raises(PermissionDenied):
+        engine.preview_reassign("C-1", "bob", actor=ALICE)
     assert engine.get("C-1").owner == "alice"
+
+
+def test_a_workflow_without_a_reassignment_section_keeps_its_owners(engine: Engine) -> None:
+    engine.start("sales_order", "SO-1", actor=ALICE, data={"customer_id": "C", "amount": "10"})
+    with pytest.raises(PermissionDenied, match="no 'reassignment' section"):
+        engine.reassign("SO-1", "mallory", actor=Actor("mallory"))
+    assert engine.get("SO-1").owner == "alice"
+
+
+def test_an_idempotency_key_reused_for_another_command_is_an_error(engine: Engine) -> None:
+    _confirming(engine)
+    engine.record_cost("C-1", "samples", "10", actor=ALICE, idempotency_key="k1")
+    with pytest.raises(CrmflowError, match="another"):
+        engine.fire("C-1", "abandon", actor=SAM, idempotency_key="k1")
+    with pytest.raises(CrmflowError, match="another"):
+        engine.reassign("C-1", "bob", actor=SAM, idempotency_key="k1")
+    with pytest.raises(CrmflowError, match="another"):
+        engine.record_cost("C-1", "greetings", "999", actor=ALICE, idempotency_key="k1")
+    engine.reassign("C-1", "bob", actor=SAM, idempotency_key="k2")
+    with pytest.raises(CrmflowError, match="not 'carol'"):
+        engine.reassign("C-1", "carol", actor=SAM, idempotency_key="k2")
 
 
 def test_a_retried_reassign_with_its_idempotency_key_is_replayed(engine: Engine) -> None:
@@ -400,6 +462,10 @@ def test_bad_costs_are_refused_and_change_nothing(engine: Engine) -> None:
         engine.record_cost("C-1", "greetings", "ten", actor=ALICE)
     with pytest.raises(InvalidData):
         engine.record_cost("C-1", "greetings", "0", actor=ALICE)
+    with pytest.raises(InvalidData, match="out of range"):
+        engine.record_cost("C-1", "greetings", "9E+999999", actor=ALICE)
+    with pytest.raises(InvalidData, match="decimal places"):
+        engine.record_cost("C-1", "greetings", "0.0000001", actor=ALICE)
     with pytest.raises(PermissionDenied):
         engine.record_cost("C-1", "greetings", "10", actor=FAY)
     assert engine.costs("C-1") == []

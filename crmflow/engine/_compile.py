@@ -33,12 +33,10 @@ __all__ = [
 REASSIGN = TransitionDef(trigger="reassign", sources=(), dest="")
 
 #: Names every rule can read besides the declared fields.
-BUILTIN_FIELDS: dict[str, str] = {
-    "key": "str",
-    "state": "str",
-    "workflow": "str",
-    "owner": "str",
-}
+BUILTIN_FIELDS: dict[str, str] = {"key": "str", "state": "str", "workflow": "str"}
+#: Built-in names a workflow may declare a field of its own for (the field then wins): the
+#: instance's current owner.
+SOFT_BUILTIN_FIELDS: dict[str, str] = {"owner": "str"}
 #: The acting user, as rules see it.
 ACTOR_NAMESPACE: dict[str, str] = {"id": "str", "roles": "list[str]", "org": "str"}
 
@@ -105,6 +103,7 @@ def build_schema(defn: WorkflowDef, functions: Mapping[str, FunctionSpec]) -> Sc
     """The names and types a rule of ``defn`` may read."""
     _check_reserved(defn)
     fields = dict(BUILTIN_FIELDS)
+    fields.update(SOFT_BUILTIN_FIELDS)
     fields.update({name: f.type for name, f in defn.fields.items()})
     namespaces: dict[str, dict[str, str]] = {ns: dict(attrs) for ns, attrs in defn.facts.items()}
     namespaces["actor"] = dict(ACTOR_NAMESPACE)

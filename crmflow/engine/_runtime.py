@@ -328,9 +328,9 @@ class Engine(WorkOperations):
     ) -> dict[str, Any]:
         defn = compiled.defn
         facts: dict[str, Any] = dict(data)
-        facts.update(
-            key=record.key, state=record.state, workflow=record.workflow, owner=record.owner
-        )
+        facts.update(key=record.key, state=record.state, workflow=record.workflow)
+        if "owner" not in defn.fields:
+            facts["owner"] = record.owner
         facts["actor"] = {"id": actor.id, "roles": sorted(actor.roles), "org": actor.org}
         facts["now"] = self.clock.now()
         given = given or {}
@@ -522,6 +522,11 @@ class Engine(WorkOperations):
     def _replay(
         self, earlier: Mapping[str, Any], key: str, trigger: str, idempotency_key: str
     ) -> FireResult:
+        if "ok" not in earlier or "trigger" not in earlier:
+            raise CrmflowError(
+                f"idempotency key {idempotency_key!r} was used for another kind of command; "
+                "use a new key per command"
+            )
         result = FireResult.from_dict(earlier, replayed=True)
         if (result.key, result.trigger) != (key, trigger):
             raise CrmflowError(

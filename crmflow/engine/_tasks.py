@@ -10,7 +10,8 @@ Lifecycle of a checklist's tasks:
   that comes back keeps what was already confirmed);
 * leaving that state by a transition that requires the checklist (a gate) keeps its unfinished
   tasks: they were deferred on purpose and are still to be done;
-* leaving it by any other transition cancels its open and deferred tasks.
+* leaving it by any other transition cancels its open and deferred tasks;
+* reaching a final state cancels every unfinished task, whatever gates kept them.
 """
 
 from __future__ import annotations
@@ -113,22 +114,23 @@ def task_changes_for_move(
     # A checklist also opened by a state the instance stays in (or enters) stays open.
     still_open = set(_checklists_of(defn, after))
     by_id = {t.id: t for t in tasks}
+    finished = defn.states[to_state].final
+    closing = set(_checklists_of(defn, left)) - gated - still_open
     cancelled: list[Task] = []
-    for name in _checklists_of(defn, left):
-        if name in gated or name in still_open:
-            continue
-        for task in tasks:
-            if task.checklist == name and task.unfinished:
-                cancelled.append(
-                    replace(
-                        task,
-                        status="cancelled",
-                        updated_at=now,
-                        closed_at=now,
-                        closed_by=SYSTEM_ACTOR,
-                        note=f"cancelled on leaving {from_state}",
-                    )
+    for task in tasks:
+        # A finished instance leaves no work behind: even tasks a gate carried along close.
+        if task.unfinished and (finished or task.checklist in closing):
+            reason = f"the instance finished in {to_state}" if finished else f"left {from_state}"
+            cancelled.append(
+                replace(
+                    task,
+                    status="cancelled",
+                    updated_at=now,
+                    closed_at=now,
+                    closed_by=SYSTEM_ACTOR,
+                    note=f"cancelled: {reason}",
                 )
+            )
     positions = _positions(defn)
     opened: list[Task] = []
     for name in _checklists_of(defn, entered):
@@ -232,9 +234,13 @@ def may_work_on(actor: Actor, defn: WorkflowDef, task: Task) -> bool:
     return may_manage(actor, defn, task)
 
 
-def required_roles(defn: WorkflowDef, task: Task) -> tuple[str, ...]:
-    """The roles that would let someone other than the assignee work on ``task``."""
-    roles = [task.role] if task.role else []
+def required_roles(defn: WorkflowDef, task: Task, *, managing: bool = False) -> tuple[str, ...]:
+    """Roles that let someone other than the assignee act on ``task``.
+
+    ``managing`` (handing a task over) needs a manager role; working on it also accepts the
+    task's own role.
+    """
+    roles = [task.role] if task.role and not managing else []
     checklist = defn.checklists.get(task.checklist)
     if checklist is not None:
         roles.extend(r for r in checklist.manager_roles if r not in roles)

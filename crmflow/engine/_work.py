@@ -13,7 +13,7 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, Inexact, InvalidOperation, localcontext
 from typing import TYPE_CHECKING, Any
 
 from crmflow._errors import (
@@ -25,6 +25,7 @@ from crmflow._errors import (
 )
 from crmflow._suggest import suggest
 from crmflow._task_types import (
+    TASK_STATUSES,
     UNFINISHED,
     CostEntry,
     OwnerLoad,
@@ -109,8 +110,21 @@ class WorkOperations:
         self, key: str, *, checklist: str | None = None, status: str | Collection[str] | None = None
     ) -> list[Task]:
         """The instance's tasks in checklist order, optionally of one checklist or status."""
-        self._record(key)
+        record = self._record(key)
         statuses = {status} if isinstance(status, str) else status
+        for name in statuses or ():
+            if name not in TASK_STATUSES:
+                raise InvalidData(
+                    "status", f"{name!r} is not a task status", suggest(name, TASK_STATUSES)
+                )
+        if checklist is not None:
+            known = self._compiled_for(record).defn.checklists
+            if checklist not in known and not checklist.startswith("automation:"):
+                raise InvalidData(
+                    "checklist",
+                    f"{checklist!r} is not a checklist of {record.workflow!r}",
+                    suggest(checklist, list(known)),
+                )
         return [
             t
             for t in self.store.tasks(key)
@@ -269,21 +283,27 @@ class WorkOperations:
         )
         name = f"{operation}_task"
         if not allowed:
-            roles = required_roles(defn, task)
+            roles = required_roles(defn, task, managing=operation == "reassign")
+            who = f"only {task.holder}" if not roles else f"{task.holder} or the roles "
             self._record_refusal(
                 record,
                 actor,
                 name,
                 "denied",
-                f"{operation} {task.id}: held by {task.holder}; needs the holder or one of the "
-                f"roles {', '.join(roles) or '(none)'}",
+                f"{operation} {task.id}: {who}{', '.join(roles)} may",
                 {"task": task.id},
             )
             raise PermissionDenied(
                 actor.id, f"{operation} task {task.id}", roles, sorted(actor.roles)
             )
         outcome: Task | Refusal
-        if task.status not in _FROM_STATUSES[operation]:
+        if defn.states[record.state].final:
+            outcome = Refusal(
+                "state",
+                "block",
+                f"{key} is finished ({record.state}); its tasks can no longer change",
+            )
+        elif task.status not in _FROM_STATUSES[operation]:
             outcome = _status_refusal(task, operation)
         else:
             outcome = change(task, tasks, record)
@@ -422,10 +442,11 @@ class WorkOperations:
         :class:`InvalidData` for an unknown category or a bad amount, and
         :class:`PermissionDenied` when ``costs.roles`` excludes the actor.
         """
+        value = _money(amount)
         if idempotency_key is not None:
             earlier = self.store.get_idempotency(idempotency_key)
             if earlier is not None:
-                return self._replay_cost(earlier, key, idempotency_key)
+                return self._replay_cost(earlier, key, idempotency_key, category, value)
         record = self._record(key)
         defn = self._compiled_for(record).defn
         spec = defn.costs
@@ -444,7 +465,6 @@ class WorkOperations:
                 record, actor, "record_cost", "denied", "recording costs needs a cost role", {}
             )
             raise PermissionDenied(actor.id, "record a cost", spec.roles, sorted(actor.roles))
-        value = _money(amount)
         entry = CostEntry(
             key=key,
             seq=0,
@@ -475,13 +495,25 @@ class WorkOperations:
             if idempotency_key is not None:
                 earlier = self.store.get_idempotency(idempotency_key)
                 if earlier is not None:
-                    return self._replay_cost(earlier, key, idempotency_key)
+                    return self._replay_cost(earlier, key, idempotency_key, category, value)
             raise
         return replace(entry, seq=version)
 
-    def _replay_cost(self, earlier: Mapping[str, Any], key: str, idempotency_key: str) -> CostEntry:
+    def _replay_cost(
+        self,
+        earlier: Mapping[str, Any],
+        key: str,
+        idempotency_key: str,
+        category: str,
+        amount: Decimal,
+    ) -> CostEntry:
         cost = earlier.get("cost")
-        if isinstance(cost, Mapping) and cost.get("key") == key:
+        same = isinstance(cost, Mapping) and (
+            cost.get("key"),
+            cost.get("category"),
+            Decimal(str(cost.get("amount"))),
+        ) == (key, category, amount)
+        if same:
             for entry in self.store.costs(instance_key=key):
                 if entry.seq == earlier.get("version"):
                     return entry
@@ -504,9 +536,21 @@ class WorkOperations:
         if key is not None:
             self._record(key)
         totals: dict[str, Decimal] = {}
-        for entry in self.store.costs(instance_key=key, workflow=workflow):
-            group = entry.category if by == "category" else entry.key
-            totals[group] = totals.get(group, Decimal(0)) + entry.amount
+        entries = self.store.costs(instance_key=key, workflow=workflow)
+        currencies = sorted({e.currency for e in entries})
+        if len(currencies) > 1:
+            raise CrmflowError(
+                f"costs in several currencies ({', '.join(c or '(none)' for c in currencies)}) "
+                "cannot be added up; total one workflow at a time (workflow=...)"
+            )
+        # Amounts are bounded (below 10**15, at most 6 places), so 60 digits keep any
+        # realistic sum exact; Inexact is trapped so that an impossible one fails loudly.
+        with localcontext() as ctx:
+            ctx.prec = 60
+            ctx.traps[Inexact] = True
+            for entry in entries:
+                group = entry.category if by == "category" else entry.key
+                totals[group] = totals.get(group, Decimal(0)) + entry.amount
         return dict(sorted(totals.items()))
 
     # -- reassignment ---------------------------------------------------------------------
@@ -562,6 +606,7 @@ class WorkOperations:
         """
         record = self._record(key)
         compiled = self._compiled_for(record)
+        self._check_reassign_role(record, compiled, actor, to_owner, record_denial=False)
         refusals, warnings = self._reassign_check(record, compiled, actor, facts)
         return ReassignPreview(
             key=key,
@@ -597,36 +642,32 @@ class WorkOperations:
         ``effects["notifications"]`` names who is told: both owners and the current owner's
         manager.
         """
+        if isinstance(keep, str):
+            raise InvalidData("keep", "pass a set of task ids, not one string")
         if idempotency_key is not None:
             earlier = self.store.get_idempotency(idempotency_key)
             if earlier is not None:
-                return self._replay(earlier, key, "reassign", idempotency_key)
+                return self._replay_reassign(earlier, key, to_owner, idempotency_key)
         record = self._record(key)
+        compiled = self._compiled_for(record)
+        # As with a trigger: who may do it is checked before anything about the instance.
+        self._check_reassign_role(record, compiled, actor, to_owner, record_denial=True)
         if expected_version is not None and record.version != expected_version:
             raise ConcurrencyConflict(key, expected_version, record.version)
         if not to_owner:
             raise InvalidData("to_owner", "name the new owner")
         if to_owner == record.owner:
             raise InvalidData("to_owner", f"{to_owner!r} already owns {key!r}")
-        compiled = self._compiled_for(record)
         tasks = self.store.tasks(key)
+        by_id = {t.id: t for t in tasks}
         open_ids = [t.id for t in unfinished(tasks)]
         for task_id in keep:
+            if task_id in by_id and task_id not in open_ids:
+                raise InvalidData(
+                    "keep", f"task {task_id!r} is {by_id[task_id].status}: nothing to keep"
+                )
             if task_id not in open_ids:
                 raise UnknownTask(key, task_id, suggest(task_id, open_ids))
-        assert compiled.reassign is not None  # compile_workflow always builds it
-        roles = compiled.reassign.defn.roles
-        if not actor.has_any_role(roles):
-            # As with a trigger: a missing role is an error, checked before any rule.
-            self._record_refusal(
-                record,
-                actor,
-                "reassign",
-                "denied",
-                f"requires one of the roles {', '.join(roles)}",
-                {"to_owner": to_owner},
-            )
-            raise PermissionDenied(actor.id, "reassign", roles, sorted(actor.roles))
         refusals, warnings = self._reassign_check(record, compiled, actor, facts)
         if refusals:
             self._record_refusal(
@@ -655,7 +696,7 @@ class WorkOperations:
             for t in unfinished(tasks)
             if t.assignee is not None and t.assignee == old and t.id not in keep
         ]
-        kept = [t.id for t in unfinished(tasks) if t.id in keep]
+        kept = [t.id for t in unfinished(tasks) if t.id in keep and t.assignee == old]
         notices = self._reassign_notices(record, to_owner, True)
         effects: dict[str, Any] = {
             "owner_changed": [old, to_owner],
@@ -701,6 +742,51 @@ class WorkOperations:
         for notice in notices:
             notify_log.info(
                 "notify %s: %s", notice["to"], notice["subject"], extra={"crmflow_key": key}
+            )
+        return result
+
+    def _check_reassign_role(
+        self,
+        record: InstanceRecord,
+        compiled: CompiledWorkflow,
+        actor: Actor,
+        to_owner: str,
+        *,
+        record_denial: bool,
+    ) -> None:
+        defn = compiled.defn
+        if "reassignment" not in defn.positions:
+            # Owners were never changeable before a workflow said who may change them.
+            raise PermissionDenied(
+                actor.id,
+                f"reassign (workflow {defn.name!r} has no 'reassignment' section)",
+                (),
+                sorted(actor.roles),
+            )
+        assert compiled.reassign is not None  # compile_workflow always builds it
+        roles = compiled.reassign.defn.roles
+        if actor.has_any_role(roles):
+            return
+        if record_denial:
+            self._record_refusal(
+                record,
+                actor,
+                "reassign",
+                "denied",
+                f"requires one of the roles {', '.join(roles)}",
+                {"to_owner": to_owner},
+            )
+        raise PermissionDenied(actor.id, "reassign", roles, sorted(actor.roles))
+
+    def _replay_reassign(
+        self, earlier: Mapping[str, Any], key: str, to_owner: str, idempotency_key: str
+    ) -> FireResult:
+        result = self._replay(earlier, key, "reassign", idempotency_key)
+        changed = result.effects.get("owner_changed") or [None, None]
+        if result.ok and changed[1] != to_owner:
+            raise CrmflowError(
+                f"idempotency key {idempotency_key!r} gave {key!r} to {changed[1]!r}, not "
+                f"{to_owner!r}; use a new key per command"
             )
         return result
 
@@ -756,6 +842,11 @@ def _task_changes(before: Task, after: Task) -> dict[str, list[Any]]:
     return changes
 
 
+#: Bounds that keep every sum of amounts exact (see cost_totals).
+_MAX_AMOUNT = Decimal(10) ** 15
+_MAX_DECIMALS = 6
+
+
 def _money(amount: Decimal | int | str) -> Decimal:
     if isinstance(amount, bool | float):
         raise InvalidData(
@@ -767,4 +858,11 @@ def _money(amount: Decimal | int | str) -> Decimal:
         raise InvalidData("amount", f"{amount!r} is not a decimal number") from None
     if not value.is_finite() or value == 0:
         raise InvalidData("amount", f"{amount!r} is not a non-zero finite amount")
+    exponent = value.as_tuple().exponent
+    if abs(value) >= _MAX_AMOUNT or (isinstance(exponent, int) and exponent < -_MAX_DECIMALS):
+        raise InvalidData(
+            "amount",
+            f"{amount!r} is out of range: below {_MAX_AMOUNT:,} with at most "
+            f"{_MAX_DECIMALS} decimal places",
+        )
     return value
