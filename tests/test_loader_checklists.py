@@ -269,3 +269,15 @@ def test_any_dependency_graph_loads_exactly_when_it_has_no_cycle(
         assert errors[0].line > 4
     else:
         assert errors == []
+
+
+def test_a_broken_item_is_reported_once_not_again_by_its_dependents() -> None:
+    text = BASE.replace("{id: prepaid, title: Prepayment, role: finance}", "{id: prepaid}")
+    errors = collect_errors(text, "client.yaml")
+    assert [e.reason for e in errors] == ["missing required key 'title' in a checklist item"]
+
+
+def test_an_item_is_held_by_one_role_not_a_list() -> None:
+    error = _error(BASE.replace("role: finance}", "role: [finance, rep]}"))
+    assert error.path == "checklists.confirm.items[1].role"
+    assert "role name" in error.reason

@@ -105,6 +105,10 @@ def _items(
     failed = len(b.errors)
     items: list[ChecklistItemDef] = []
     depends_paths: dict[str, list[tuple[str, KeyPath]]] = {}
+    # Ids written on items that had errors: a dependency on one is not a second mistake.
+    written = {
+        str(entry["id"]) for entry in entries if isinstance(entry, dict) and "id" in entry
+    }
     for index, entry in enumerate(entries):
         item_path: KeyPath = (*path, index)
         try:
@@ -124,9 +128,10 @@ def _items(
             seen[item_id] = checklist
             role = None
             if spec.get("role") is not None:
+                b.identifier(spec["role"], (*item_path, "role"), "role name")
                 roles = b.roles(spec["role"], (*item_path, "role"))
-                if len(roles) != 1:
-                    raise b.error("expected one role", (*item_path, "role"))
+                if not roles:
+                    raise b.Skip()
                 role = roles[0]
             due = _duration(b, spec.get("due"), (*item_path, "due"))
             result_type = None
@@ -163,7 +168,7 @@ def _items(
         for name, name_path in depends:
             if name == item_id:
                 b.error(f"item {item_id!r} depends on itself", name_path)
-            elif name not in ids:
+            elif name not in ids and name not in written:
                 b.error(
                     f"unknown item {name!r} in depends_on",
                     name_path,
