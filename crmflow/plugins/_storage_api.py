@@ -218,6 +218,9 @@ class StorageTx(Protocol):
     ) -> list[TimerRecord]:
         """Cancel the instance's pending timers (those named, or all); return them, cancelled."""
 
+    def cancel_timer(self, timer_id: str, *, at: datetime) -> bool:
+        """Cancel one pending timer by id; return whether it was pending."""
+
     def finish_timer(
         self,
         timer_id: str,

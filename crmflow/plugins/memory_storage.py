@@ -4,7 +4,11 @@ It keeps the SQL back ends' semantics: values go through the same JSON codec (so
 be stored in SQLite cannot be stored here either, and callers never share mutable data with
 the store), versions are compare-and-set, history is numbered and hash-chained, and a
 transaction is all or nothing: writes go to an overlay that is merged on commit and dropped
-on rollback. One lock serialises transactions, like SQLite's write lock.
+on rollback. One lock serialises transactions, like SQLite's write lock; claims of due timers
+and notifications take the same lock, so they never interleave with a transaction.
+
+Pending timers are also kept in a heap ordered by (due time, id): a claim pops only the
+timers that are due, so the timers due later cost it nothing (like the SQL index).
 
 Every ``memory://`` URL opened gives a new, independent, empty store; nothing is kept at
 module level.
@@ -12,14 +16,15 @@ module level.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from crmflow._codec import from_jsonable, to_jsonable
+from crmflow._codec import dumps, from_jsonable, to_jsonable
 from crmflow._errors import ConcurrencyConflict, InstanceExists, StorageError
 from crmflow._hashchain import GENESIS, encoded_entry_hash
 from crmflow.plugins._storage_api import (
@@ -27,13 +32,24 @@ from crmflow.plugins._storage_api import (
     HistoryDraft,
     HistoryRecord,
     InstanceRecord,
+    OutboxRecord,
     Task,
+    TimerRecord,
 )
 from crmflow.plugins._task_codec import (
     cost_from_values,
     cost_to_values,
     task_from_values,
     task_to_values,
+)
+from crmflow.plugins._timer_codec import (
+    OUTBOX_STATUSES,
+    lease_micros,
+    outbox_from_values,
+    outbox_to_values,
+    timer_from_values,
+    timer_to_values,
+    to_epoch_us,
 )
 from crmflow.plugins.hookspecs import hookimpl
 
@@ -82,6 +98,17 @@ def _decode_history(stored: _StoredHistory) -> HistoryRecord:
     )
 
 
+def _cancelled(values: Mapping[str, Any], at: datetime) -> dict[str, Any]:
+    """A pending timer's values once cancelled (a new dict: stored ones are never changed)."""
+    return {
+        **values,
+        "status": "cancelled",
+        "cancelled_at": at.isoformat(),
+        "claimed_by": None,
+        "lease_us": None,
+    }
+
+
 class MemoryTx:
     """One open in-memory transaction (implements ``StorageTx``); writes go to an overlay."""
 
@@ -92,6 +119,11 @@ class MemoryTx:
         self._idempotency: dict[str, tuple[str, Any, str]] = {}
         self._tasks: dict[tuple[str, str], dict[str, Any]] = {}
         self._costs: list[dict[str, Any]] = []
+        # Timers and notifications as their column values (see _timer_codec), new or changed
+        # in this transaction. A stored dict is never changed in place: every change makes
+        # a new one, so the committed dicts stay as they were until commit.
+        self._timers: dict[str, dict[str, Any]] = {}
+        self._outbox: dict[str, dict[str, Any]] = {}
 
     # The store's committed dicts are read without the state lock: only the transaction
     # holding the write lock (this one) ever changes them.
@@ -193,6 +225,91 @@ class MemoryTx:
             raise StorageError(f"cost entry {entry.seq} of {entry.key!r} already exists")
         self._costs.append(values)
 
+    def _timer(self, timer_id: str) -> dict[str, Any] | None:
+        found = self._timers.get(timer_id)
+        return self._store._timers.get(timer_id) if found is None else found
+
+    def insert_timers(self, timers: Sequence[TimerRecord]) -> None:
+        """Insert new timers (``id`` is new; a taken id is a ``StorageError``)."""
+        rows = [timer_to_values(t) for t in timers]  # encode all before keeping any
+        seen: set[str] = set()
+        for values in rows:
+            timer_id = values["id"]
+            if timer_id in seen or self._timer(timer_id) is not None:
+                raise StorageError(f"timer {timer_id!r} already exists")
+            seen.add(timer_id)
+        for values in rows:
+            self._timers[values["id"]] = values
+
+    def cancel_timers(
+        self, instance_key: str, names: Collection[str] | None = None, *, at: datetime
+    ) -> list[TimerRecord]:
+        """Cancel the instance's pending timers (those named, or all); return them, cancelled."""
+        ids = set(self._store._timers_by_instance.get(instance_key, ()))
+        ids.update(i for i, v in self._timers.items() if v["instance_key"] == instance_key)
+        cancelled = []
+        for timer_id in ids:
+            values = self._timer(timer_id)
+            if values is None or values["status"] != "pending":
+                continue
+            if names is not None and values["name"] not in names:
+                continue
+            values = _cancelled(values, at)
+            self._timers[timer_id] = values
+            cancelled.append(values)
+        cancelled.sort(key=lambda v: (v["due_us"], v["id"]))
+        return [timer_from_values(v) for v in cancelled]
+
+    def cancel_timer(self, timer_id: str, *, at: datetime) -> bool:
+        """Cancel one pending timer by id; return whether it was pending."""
+        values = self._timer(timer_id)
+        if values is None or values["status"] != "pending":
+            return False
+        self._timers[timer_id] = _cancelled(values, at)
+        return True
+
+    def finish_timer(
+        self,
+        timer_id: str,
+        worker: str,
+        *,
+        at: datetime,
+        next_due: datetime | None = None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Compare-and-set on the claim; see ``SqlTx.finish_timer``."""
+        changes: dict[str, Any] = {}
+        if next_due is not None:
+            changes["due_us"] = to_epoch_us(next_due, "next_due")
+            if payload is not None:
+                changes["payload"] = dumps(payload)
+        else:
+            changes["status"] = "fired"
+        values = self._timer(timer_id)
+        if values is None or values["status"] != "pending" or values["claimed_by"] != worker:
+            return False
+        self._timers[timer_id] = {
+            **values,
+            **changes,
+            "fired_at": at.isoformat(),
+            "fire_count": values["fire_count"] + 1,
+            "claimed_by": None,
+            "lease_us": None,
+        }
+        return True
+
+    def insert_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """Queue notifications (``id`` is new; a taken id is a ``StorageError``)."""
+        rows = [outbox_to_values(r) for r in records]
+        seen: set[str] = set()
+        for values in rows:
+            outbox_id = values["id"]
+            if outbox_id in seen or outbox_id in self._outbox or outbox_id in self._store._outbox:
+                raise StorageError(f"notification {outbox_id!r} already exists")
+            seen.add(outbox_id)
+        for values in rows:
+            self._outbox[values["id"]] = values
+
     def _commit(self) -> None:
         store = self._store
         with store._state_lock:
@@ -203,6 +320,10 @@ class MemoryTx:
             store._idempotency.update(self._idempotency)
             store._tasks.update(self._tasks)
             store._costs.extend(self._costs)
+            for timer_id, values in self._timers.items():
+                store._put_timer(timer_id, values)
+            for outbox_id, values in self._outbox.items():
+                store._put_outbox(outbox_id, values)
 
 
 class MemoryStorage:
@@ -221,6 +342,13 @@ class MemoryStorage:
         self._idempotency: dict[str, tuple[str, Any, str]] = {}
         self._tasks: dict[tuple[str, str], dict[str, Any]] = {}
         self._costs: list[dict[str, Any]] = []
+        self._timers: dict[str, dict[str, Any]] = {}
+        self._timers_by_instance: dict[str, set[str]] = {}
+        # (due_us, id) of pending timers. An entry goes stale when its timer fires, is
+        # cancelled or is rescheduled; claims drop stale entries as they meet them.
+        self._timer_heap: list[tuple[int, str]] = []
+        self._outbox: dict[str, dict[str, Any]] = {}
+        self._outbox_pending: set[str] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -232,8 +360,8 @@ class MemoryStorage:
             raise StorageError(f"{self!r} is closed")
 
     @contextmanager
-    def transaction(self) -> Iterator[MemoryTx]:
-        """Open a write transaction: commit on normal exit, roll back on an exception."""
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the write lock (what a transaction or a claim needs)."""
         self._check_open()
         if self._writer == threading.get_ident():
             # Waiting on our own lock would hang forever; SQLite would fail after its timeout.
@@ -241,11 +369,39 @@ class MemoryStorage:
         with self._write_lock:
             self._writer = threading.get_ident()
             try:
-                tx = MemoryTx(self)
-                yield tx
-                tx._commit()
+                yield
             finally:
                 self._writer = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryTx]:
+        """Open a write transaction: commit on normal exit, roll back on an exception."""
+        with self._exclusive():
+            tx = MemoryTx(self)
+            yield tx
+            tx._commit()
+
+    # Called with the state lock held.
+
+    def _put_timer(self, timer_id: str, values: dict[str, Any]) -> None:
+        previous = self._timers.get(timer_id)
+        self._timers[timer_id] = values
+        key = values["instance_key"]
+        if key is not None:
+            self._timers_by_instance.setdefault(key, set()).add(timer_id)
+        if values["status"] == "pending" and (
+            previous is None
+            or previous["status"] != "pending"
+            or previous["due_us"] != values["due_us"]
+        ):
+            heapq.heappush(self._timer_heap, (values["due_us"], timer_id))
+
+    def _put_outbox(self, outbox_id: str, values: dict[str, Any]) -> None:
+        self._outbox[outbox_id] = values
+        if values["status"] == "pending":
+            self._outbox_pending.add(outbox_id)
+        else:
+            self._outbox_pending.discard(outbox_id)
 
     def get_instance(self, key: str) -> InstanceRecord | None:
         """Read an instance's latest committed row."""
@@ -344,6 +500,209 @@ class MemoryStorage:
         ]
         return sorted(entries, key=lambda c: (c.key, c.seq))
 
+    def claim_due_timers(
+        self, now: datetime, worker: str, *, lease: timedelta, limit: int
+    ) -> list[TimerRecord]:
+        """Claim up to ``limit`` pending timers due at ``now``, earliest first, for ``worker``.
+
+        Under the write lock, like a transaction. Pops the heap only while its head is due, so
+        the cost grows with the due (and live-leased) timers, never with those due later.
+        """
+        now_us = to_epoch_us(now, "now")
+        until_us = now_us + lease_micros(lease)
+        if limit < 1:
+            return []
+        claimed: list[dict[str, Any]] = []
+        with self._exclusive(), self._state_lock:
+            heap = self._timer_heap
+            # Entries of timers still pending go back after the loop: a claimed timer stays
+            # pending until it is finished, and is claimable again once its lease runs out.
+            keep: list[tuple[int, str]] = []
+            seen: set[str] = set()
+            while heap and heap[0][0] <= now_us and len(claimed) < limit:
+                due_us, timer_id = heapq.heappop(heap)
+                values = self._timers.get(timer_id)
+                if (
+                    values is None
+                    or values["status"] != "pending"
+                    or values["due_us"] != due_us
+                    or timer_id in seen
+                ):
+                    continue  # stale or duplicate entry: drop it
+                seen.add(timer_id)
+                keep.append((due_us, timer_id))
+                lease_us = values["lease_us"]
+                if lease_us is not None and lease_us > now_us:
+                    continue
+                values = {**values, "claimed_by": worker, "lease_us": until_us}
+                self._timers[timer_id] = values
+                claimed.append(values)
+            for entry in keep:
+                heapq.heappush(heap, entry)
+        return [timer_from_values(v) for v in claimed]
+
+    def release_timer(self, timer_id: str, worker: str) -> None:
+        """Give ``worker``'s claim back; the timer stays pending and is claimable at once."""
+        with self._exclusive(), self._state_lock:
+            values = self._timers.get(timer_id)
+            if (
+                values is not None
+                and values["status"] == "pending"
+                and values["claimed_by"] == worker
+            ):
+                self._timers[timer_id] = {**values, "claimed_by": None, "lease_us": None}
+
+    def timers(
+        self,
+        *,
+        instance_key: str | None = None,
+        owner: str | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> list[TimerRecord]:
+        """Timers, filtered, ordered by ``due_at`` then ``id``."""
+        self._check_open()
+        with self._state_lock:
+            if instance_key is None:
+                rows = list(self._timers.values())
+            else:
+                ids = self._timers_by_instance.get(instance_key, ())
+                rows = [self._timers[i] for i in ids]
+        found = [
+            v
+            for v in rows
+            if (instance_key is None or v["instance_key"] == instance_key)
+            and (owner is None or v["owner"] == owner)
+            and (statuses is None or v["status"] in statuses)
+        ]
+        found.sort(key=lambda v: (v["due_us"], v["id"]))
+        return [timer_from_values(v) for v in found]
+
+    def get_timer(self, timer_id: str) -> TimerRecord | None:
+        """One timer by id."""
+        self._check_open()
+        with self._state_lock:
+            values = self._timers.get(timer_id)
+        return None if values is None else timer_from_values(values)
+
+    def count_timers(self, *, statuses: Collection[str] | None = None) -> int:
+        """How many timers (with one of ``statuses``) there are."""
+        self._check_open()
+        with self._state_lock:
+            if statuses is None:
+                return len(self._timers)
+            return sum(1 for v in self._timers.values() if v["status"] in statuses)
+
+    def claim_due_outbox(
+        self, now: datetime, worker: str, *, lease: timedelta, limit: int
+    ) -> list[OutboxRecord]:
+        """Claim up to ``limit`` pending notifications due for an attempt, oldest first."""
+        now_us = to_epoch_us(now, "now")
+        until_us = now_us + lease_micros(lease)
+        if limit < 1:
+            return []
+        with self._exclusive(), self._state_lock:
+            due = [
+                v
+                for v in (self._outbox[i] for i in self._outbox_pending)
+                if (v["next_attempt_us"] is None or v["next_attempt_us"] <= now_us)
+                and (v["lease_us"] is None or v["lease_us"] <= now_us)
+            ]
+            due.sort(key=lambda v: (v["created_us"], v["id"]))
+            claimed = [{**v, "claimed_by": worker, "lease_us": until_us} for v in due[:limit]]
+            for values in claimed:
+                self._outbox[values["id"]] = values
+        return [outbox_from_values(v) for v in claimed]
+
+    def finish_delivery(
+        self,
+        outbox_id: str,
+        worker: str,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        last_error: str,
+        delivered_at: datetime | None,
+    ) -> bool:
+        """Record a delivery attempt of ``worker``'s claimed notification; clear the claim."""
+        if status not in OUTBOX_STATUSES:
+            raise ValueError(f"outbox status must be one of {OUTBOX_STATUSES}, not {status!r}")
+        next_us = (
+            None if next_attempt_at is None else to_epoch_us(next_attempt_at, "next_attempt_at")
+        )
+        with self._exclusive(), self._state_lock:
+            values = self._outbox.get(outbox_id)
+            if values is None or values["status"] != "pending" or values["claimed_by"] != worker:
+                return False
+            self._put_outbox(
+                outbox_id,
+                {
+                    **values,
+                    "status": status,
+                    "attempts": attempts,
+                    "next_attempt_us": next_us,
+                    "last_error": last_error,
+                    "delivered_at": None if delivered_at is None else delivered_at.isoformat(),
+                    "claimed_by": None,
+                    "lease_us": None,
+                },
+            )
+        return True
+
+    def outbox(
+        self,
+        *,
+        instance_key: str | None = None,
+        recipient: str | None = None,
+        channel: str | None = None,
+        statuses: Collection[str] | None = None,
+        timer_id: str | None = None,
+    ) -> list[OutboxRecord]:
+        """Notifications, filtered, ordered by ``created_at`` then ``id``."""
+        self._check_open()
+        with self._state_lock:
+            rows = list(self._outbox.values())
+        found = [
+            v
+            for v in rows
+            if (instance_key is None or v["instance_key"] == instance_key)
+            and (recipient is None or v["recipient"] == recipient)
+            and (channel is None or v["channel"] == channel)
+            and (statuses is None or v["status"] in statuses)
+            and (timer_id is None or v["timer_id"] == timer_id)
+        ]
+        found.sort(key=lambda v: (v["created_us"], v["id"]))
+        return [outbox_from_values(v) for v in found]
+
+    def get_outbox(self, outbox_id: str) -> OutboxRecord | None:
+        """One notification by id."""
+        self._check_open()
+        with self._state_lock:
+            values = self._outbox.get(outbox_id)
+        return None if values is None else outbox_from_values(values)
+
+    def mark_outbox(
+        self,
+        outbox_id: str,
+        *,
+        read_at: datetime | None = None,
+        acknowledged_at: datetime | None = None,
+    ) -> OutboxRecord | None:
+        """Set ``read_at`` / ``acknowledged_at`` (when given and not yet set); return the row."""
+        with self._exclusive(), self._state_lock:
+            values = self._outbox.get(outbox_id)
+            if values is None:
+                return None
+            changes: dict[str, Any] = {}
+            if read_at is not None and values["read_at"] is None:
+                changes["read_at"] = read_at.isoformat()
+            if acknowledged_at is not None and values["acknowledged_at"] is None:
+                changes["acknowledged_at"] = acknowledged_at.isoformat()
+            if changes:
+                values = {**values, **changes}
+                self._outbox[outbox_id] = values
+        return outbox_from_values(values)
+
     def close(self) -> None:
         """Drop the data; the object is unusable afterwards."""
         self._closed = True
@@ -353,6 +712,11 @@ class MemoryStorage:
             self._idempotency.clear()
             self._tasks.clear()
             self._costs.clear()
+            self._timers.clear()
+            self._timers_by_instance.clear()
+            self._timer_heap.clear()
+            self._outbox.clear()
+            self._outbox_pending.clear()
 
 
 @hookimpl

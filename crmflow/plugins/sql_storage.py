@@ -18,6 +18,10 @@ PostgreSQL runs at READ COMMITTED. :meth:`SqlTx.update_instance` is a compare-an
 version column and :meth:`SqlTx.lock_instance` is ``SELECT ... FOR UPDATE``; either one holds
 the instance's row lock until commit, which is what serialises history appends per instance.
 
+Due timers and notifications are claimed in short transactions of their own: on PostgreSQL
+with ``SELECT ... FOR UPDATE SKIP LOCKED`` (concurrent claimers take different rows without
+waiting), on SQLite under the write lock of ``BEGIN IMMEDIATE``.
+
 See ``docs/storage.md`` for the table layout.
 """
 
@@ -28,7 +32,8 @@ import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -44,6 +49,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal_column,
+    null,
+    or_,
     select,
     update,
 )
@@ -52,6 +60,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import registry
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.expression import ClauseElement
 from sqlmodel import Field, SQLModel
 
@@ -69,13 +78,25 @@ from crmflow.plugins._storage_api import (
     HistoryDraft,
     HistoryRecord,
     InstanceRecord,
+    OutboxRecord,
     Task,
+    TimerRecord,
 )
 from crmflow.plugins._task_codec import (
     cost_from_values,
     cost_to_values,
     task_from_values,
     task_to_values,
+)
+from crmflow.plugins._timer_codec import (
+    OUTBOX_STATUSES,
+    from_epoch_us,
+    lease_micros,
+    outbox_from_values,
+    outbox_to_values,
+    timer_from_values,
+    timer_to_values,
+    to_epoch_us,
 )
 from crmflow.plugins.hookspecs import hookimpl
 
@@ -85,16 +106,19 @@ __all__ = [
     "HistoryRow",
     "IdempotencyRow",
     "InstanceRow",
+    "OutboxRow",
     "SchemaVersionRow",
     "SqlStorage",
     "SqlTx",
     "TaskRow",
+    "TimerRow",
     "crmflow_open_storage",
 ]
 
 #: Version of the table layout this module writes; stored in ``crmflow_schema_version``.
-#: 2 added ``crmflow_tasks`` and ``crmflow_costs`` (new tables only, created on open).
-SCHEMA_VERSION = 2
+#: 2 added ``crmflow_tasks`` and ``crmflow_costs``; 3 added ``crmflow_timers`` and
+#: ``crmflow_outbox`` (new tables only, created on open).
+SCHEMA_VERSION = 3
 
 #: Seconds a SQLite writer waits for the write lock before failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -227,6 +251,76 @@ class CostRow(_Base, table=True):
     currency: str
 
 
+class TimerRow(_Base, table=True):
+    """``crmflow_timers``: workflow timers, automation timers, reminders and subscriptions.
+
+    ``due_us`` and ``lease_us`` are epoch microseconds (UTC): integers compare and sort
+    exactly, and the ``(status, due_us, id)`` index turns "pending and due by now, earliest
+    first" into a range scan that never reads the timers due later.
+    """
+
+    __tablename__ = "crmflow_timers"
+    __table_args__ = (
+        Index("ix_crmflow_timers_status_due", "status", "due_us", "id"),
+        Index("ix_crmflow_timers_instance", "instance_key", "status"),
+        Index("ix_crmflow_timers_owner", "owner"),
+    )
+
+    id: str = Field(primary_key=True)
+    kind: str
+    name: str
+    instance_key: str | None = Field(default=None, nullable=True)
+    owner: str | None = Field(default=None, nullable=True)
+    status: str
+    due_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: str
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    fired_at: str | None = Field(default=None, nullable=True)
+    fire_count: int
+    claimed_by: str | None = Field(default=None, nullable=True)
+    lease_us: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    cancelled_at: str | None = Field(default=None, nullable=True)
+
+
+class OutboxRow(_Base, table=True):
+    """``crmflow_outbox``: notifications written with the change that caused them.
+
+    ``next_attempt_us`` and ``lease_us`` are epoch microseconds (UTC); ``created_us`` repeats
+    ``created_at`` as an integer for exact "oldest first" ordering. ``metadata_json`` is the
+    record's ``metadata`` (a column cannot be called ``metadata`` on a declarative class).
+    """
+
+    __tablename__ = "crmflow_outbox"
+    __table_args__ = (
+        Index("ix_crmflow_outbox_recipient", "recipient", "channel"),
+        Index("ix_crmflow_outbox_instance", "instance_key"),
+        Index("ix_crmflow_outbox_timer", "timer_id"),
+    )
+
+    id: str = Field(primary_key=True)
+    channel: str
+    recipient: str
+    subject: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: str
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    instance_key: str | None = Field(default=None, nullable=True)
+    event: str
+    intended: str
+    address: str = Field(sa_column=Column(Text, nullable=False))
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    status: str
+    attempts: int
+    next_attempt_us: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    last_error: str = Field(sa_column=Column(Text, nullable=False))
+    delivered_at: str | None = Field(default=None, nullable=True)
+    read_at: str | None = Field(default=None, nullable=True)
+    acknowledged_at: str | None = Field(default=None, nullable=True)
+    timer_id: str | None = Field(default=None, nullable=True)
+    metadata_json: str = Field(sa_column=Column(Text, nullable=False))
+    claimed_by: str | None = Field(default=None, nullable=True)
+    lease_us: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
 class SchemaVersionRow(_Base, table=True):
     """``crmflow_schema_version``: a single row (id 1) naming the table layout's version."""
 
@@ -246,6 +340,16 @@ _IDEM = _table(IdempotencyRow)
 _SCHEMA = _table(SchemaVersionRow)
 _TASK = _table(TaskRow)
 _COST = _table(CostRow)
+_TIMER = _table(TimerRow)
+_OUTBOX = _table(OutboxRow)
+
+# "Due by now" for a notification is ``next_attempt_us IS NULL OR next_attempt_us <= :now``;
+# no index answers an OR with a range scan, so both the index and the claim use the same
+# expression, in which a missing next attempt counts as due since the epoch.
+# NULL sorts as an instant before any datetime Python can hold (year 1 is -6.2e16), so the
+# rewrite is exact; a literal, not a parameter, so that the query matches the index.
+_OUTBOX_DUE = func.coalesce(_OUTBOX.c.next_attempt_us, literal_column(str(-(2**62))))
+Index("ix_crmflow_outbox_status_due", _OUTBOX.c.status, _OUTBOX_DUE)
 
 #: The metadata holding every crmflow table (for migrations and tooling).
 METADATA = _Base.metadata
@@ -321,6 +425,131 @@ _SELECT_HISTORY = (
     select(*_HIST_COLS).where(_HIST.c.instance_key == bindparam("key")).order_by(_HIST.c.seq)
 )
 _SELECT_IDEMPOTENCY = select(_IDEM.c.result).where(_IDEM.c.key == bindparam("key"))
+
+#: Timer columns of a record, in the order :func:`_timer_from_row` reads them.
+_TIMER_COLS = tuple(c for c in _TIMER.c if c.name != "cancelled_at")
+_TIMER_NAMES = tuple(c.name for c in _TIMER_COLS)
+#: Outbox columns of a record, in the order :func:`_outbox_from_row` reads them.
+_OUTBOX_COLS = tuple(_OUTBOX.c)
+_OUTBOX_NAMES = tuple(c.name for c in _OUTBOX_COLS)
+
+_PENDING = "pending"
+_SELECT_TIMER = select(*_TIMER_COLS).where(_TIMER.c.id == bindparam("id"))
+_SELECT_OUTBOX = select(*_OUTBOX_COLS).where(_OUTBOX.c.id == bindparam("id"))
+# The (status, due_us, id) index gives both the range and the order: the scan starts at the
+# earliest pending timer and stops after ``limit`` claimable ones, never reaching the timers
+# due later. SQLite renders nothing for FOR UPDATE SKIP LOCKED (its write lock serialises
+# claimers); PostgreSQL skips rows another claimer has locked instead of waiting for them.
+_CLAIMABLE_TIMERS = (
+    select(*_TIMER_COLS)
+    .where(
+        _TIMER.c.status == _PENDING,
+        _TIMER.c.due_us <= bindparam("now"),
+        or_(_TIMER.c.lease_us.is_(None), _TIMER.c.lease_us <= bindparam("now")),
+    )
+    .order_by(_TIMER.c.due_us, _TIMER.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIMABLE_OUTBOX = (
+    select(*_OUTBOX_COLS)
+    .where(
+        _OUTBOX.c.status == _PENDING,
+        _OUTBOX_DUE <= bindparam("now"),  # noqa: SIM300 (an expression, not a constant)
+        or_(_OUTBOX.c.lease_us.is_(None), _OUTBOX.c.lease_us <= bindparam("now")),
+    )
+    .order_by(_OUTBOX.c.created_us, _OUTBOX.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_TIMERS = (
+    update(_TIMER)
+    .where(_TIMER.c.id.in_(bindparam("w_ids", expanding=True)))
+    .values(claimed_by=bindparam("claimed_by"), lease_us=bindparam("lease_us"))
+)
+_CLAIM_OUTBOX = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("w_ids", expanding=True)))
+    .values(claimed_by=bindparam("claimed_by"), lease_us=bindparam("lease_us"))
+)
+_RELEASE_TIMER = (
+    update(_TIMER)
+    .where(
+        _TIMER.c.id == bindparam("w_id"),
+        _TIMER.c.status == _PENDING,
+        _TIMER.c.claimed_by == bindparam("w_worker"),
+    )
+    .values(claimed_by=null(), lease_us=null())
+)
+_CANCEL_TIMER = (
+    update(_TIMER)
+    .where(_TIMER.c.id == bindparam("w_id"), _TIMER.c.status == _PENDING)
+    .values(
+        status="cancelled",
+        cancelled_at=bindparam("cancelled_at"),
+        claimed_by=null(),
+        lease_us=null(),
+    )
+    .returning(_TIMER.c.id)
+)
+# finish_timer: compare-and-set on the claim. The lease is deliberately not checked: the
+# worker that still holds the claim may finish a little late; once another worker has
+# re-claimed the timer, claimed_by differs and nothing changes.
+_FINISH_TIMER_WHERE = (
+    _TIMER.c.id == bindparam("w_id"),
+    _TIMER.c.status == _PENDING,
+    _TIMER.c.claimed_by == bindparam("w_worker"),
+)
+_FIRE_TIMER = (
+    update(_TIMER)
+    .where(*_FINISH_TIMER_WHERE)
+    .values(
+        status="fired",
+        fired_at=bindparam("fired_at"),
+        fire_count=_TIMER.c.fire_count + 1,
+        claimed_by=null(),
+        lease_us=null(),
+    )
+    .returning(_TIMER.c.id)
+)
+_RESCHEDULE_TIMER = (
+    update(_TIMER)
+    .where(*_FINISH_TIMER_WHERE)
+    .values(
+        due_us=bindparam("due_us"),
+        fired_at=bindparam("fired_at"),
+        fire_count=_TIMER.c.fire_count + 1,
+        claimed_by=null(),
+        lease_us=null(),
+    )
+    .returning(_TIMER.c.id)
+)
+_RESCHEDULE_TIMER_PAYLOAD = _RESCHEDULE_TIMER.values(payload=bindparam("payload"))
+_FINISH_DELIVERY = (
+    update(_OUTBOX)
+    .where(
+        _OUTBOX.c.id == bindparam("w_id"),
+        _OUTBOX.c.status == _PENDING,
+        _OUTBOX.c.claimed_by == bindparam("w_worker"),
+    )
+    .values(
+        {
+            **{
+                name: bindparam(name)
+                for name in (
+                    "status",
+                    "attempts",
+                    "next_attempt_us",
+                    "last_error",
+                    "delivered_at",
+                )
+            },
+            "claimed_by": null(),
+            "lease_us": null(),
+        }
+    )
+    .returning(_OUTBOX.c.id)
+)
 
 
 class _Inserts:
@@ -470,6 +699,14 @@ def _history_from_row(row: Sequence[Any]) -> HistoryRecord:
         prev_hash=row[11],
         hash=row[12],
     )
+
+
+def _timer_from_row(row: Sequence[Any]) -> TimerRecord:
+    return timer_from_values(dict(zip(_TIMER_NAMES, row, strict=True)))
+
+
+def _outbox_from_row(row: Sequence[Any]) -> OutboxRecord:
+    return outbox_from_values(dict(zip(_OUTBOX_NAMES, row, strict=True)))
 
 
 def _describe(exc: SQLAlchemyError) -> str:
@@ -662,6 +899,85 @@ class SqlTx:
         """Record a cost entry; (``key``, ``seq``) must be new."""
         _guard("add_cost", lambda: self.connection.execute(_COST.insert(), [cost_to_values(entry)]))
 
+    def insert_timers(self, timers: Sequence[TimerRecord]) -> None:
+        """Insert new timers (``id`` is new; a taken id is a ``StorageError``)."""
+        if not timers:
+            return
+        rows = [timer_to_values(t) for t in timers]  # encode all before writing any
+        _guard("insert_timers", lambda: self.connection.execute(_TIMER.insert(), rows))
+
+    def cancel_timers(
+        self, instance_key: str, names: Collection[str] | None = None, *, at: datetime
+    ) -> list[TimerRecord]:
+        """Cancel the instance's pending timers (those named, or all); return them, cancelled.
+
+        A worker holding a claim on one of them finds it cancelled when it tries to finish
+        it (:meth:`finish_timer` returns ``False``). On PostgreSQL the updated rows stay
+        locked until commit, so a concurrent claim skips them.
+        """
+        if names is not None and not names:
+            return []
+
+        def run() -> list[TimerRecord]:
+            stmt = (
+                update(_TIMER)
+                .where(_TIMER.c.instance_key == instance_key, _TIMER.c.status == _PENDING)
+                .values(
+                    status="cancelled", cancelled_at=at.isoformat(), claimed_by=None, lease_us=None
+                )
+                .returning(*_TIMER_COLS)
+            )
+            if names is not None:
+                stmt = stmt.where(_TIMER.c.name.in_(sorted(names)))
+            found = [_timer_from_row(r) for r in self.connection.execute(stmt)]
+            return sorted(found, key=lambda t: (t.due_at, t.id))
+
+        return _guard("cancel_timers", run)
+
+    def cancel_timer(self, timer_id: str, *, at: datetime) -> bool:
+        """Cancel one pending timer by id; return whether it was pending."""
+        params = {"w_id": timer_id, "cancelled_at": at.isoformat()}
+        return _guard("cancel_timer", lambda: bool(_rows(self.connection, _CANCEL_TIMER, params)))
+
+    def finish_timer(
+        self,
+        timer_id: str,
+        worker: str,
+        *,
+        at: datetime,
+        next_due: datetime | None = None,
+        payload: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record that ``worker`` fired its claimed timer; see ``StorageTx.finish_timer``.
+
+        A compare-and-set on ``status = 'pending' AND claimed_by = worker``: returns whether the
+        row changed. The lease is not checked, so the claim's holder may finish late as long as
+        nobody re-claimed the timer. On PostgreSQL, call it after ``update_instance`` or
+        ``lock_instance`` of the timer's instance, in the same order as every other writer of
+        that instance, so that two transactions never wait on each other's rows.
+        """
+        params: dict[str, Any] = {
+            "w_id": timer_id,
+            "w_worker": worker,
+            "fired_at": at.isoformat(),
+        }
+        if next_due is None:
+            stmt = _FIRE_TIMER
+        else:
+            params["due_us"] = to_epoch_us(next_due, "next_due")
+            stmt = _RESCHEDULE_TIMER
+            if payload is not None:
+                params["payload"] = dumps(payload)
+                stmt = _RESCHEDULE_TIMER_PAYLOAD
+        return _guard("finish_timer", lambda: bool(_rows(self.connection, stmt, params)))
+
+    def insert_outbox(self, records: Sequence[OutboxRecord]) -> None:
+        """Queue notifications (``id`` is new; a taken id is a ``StorageError``)."""
+        if not records:
+            return
+        rows = [outbox_to_values(r) for r in records]
+        _guard("insert_outbox", lambda: self.connection.execute(_OUTBOX.insert(), rows))
+
 
 _TASK_PK = ("instance_key", "task_id")
 
@@ -789,8 +1105,11 @@ class SqlStorage:
                 elif found < SCHEMA_VERSION:
                     # Every change so far only added tables, which create_all has just made,
                     # and indexes, which create_all adds to new tables only.
-                    for index in _INST.indexes:
-                        index.create(conn, checkfirst=True)
+                    # IF NOT EXISTS rather than checkfirst: SQLite's reflection does not see
+                    # expression indexes, so checkfirst would create them a second time.
+                    for table in METADATA.sorted_tables:
+                        for index in table.indexes:
+                            conn.execute(CreateIndex(index, if_not_exists=True))
                     conn.execute(
                         update(_SCHEMA).where(_SCHEMA.c.id == 1).values(version=SCHEMA_VERSION)
                     )
@@ -944,6 +1263,224 @@ class SqlStorage:
             return [cost_from_values(dict(row._mapping)) for row in conn.execute(stmt)]
 
         return self._read("costs", q)
+
+    # -- timers and outbox ------------------------------------------------------------------
+
+    def _write(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in a short write transaction of its own (BEGIN IMMEDIATE on SQLite)."""
+        engine, _ = self._engines()
+
+        def run() -> T:
+            with engine.begin() as conn:
+                return fn(conn)
+
+        return _guard(what, run)
+
+    def claim_due_timers(
+        self, now: datetime, worker: str, *, lease: timedelta, limit: int
+    ) -> list[TimerRecord]:
+        """Claim up to ``limit`` pending timers due at ``now``, earliest first, for ``worker``.
+
+        One short write transaction: select the claimable rows (``FOR UPDATE SKIP LOCKED`` on
+        PostgreSQL, so concurrent claimers take different rows without waiting; SQLite's write
+        lock serialises claimers), then set ``claimed_by`` and ``lease_until``. The returned
+        records carry the claim.
+        """
+        now_us = to_epoch_us(now, "now")
+        until_us = now_us + lease_micros(lease)
+        if limit < 1:
+            return []
+
+        def run(conn: Connection) -> list[TimerRecord]:
+            rows = _rows(conn, _CLAIMABLE_TIMERS, {"now": now_us, "limit": limit})
+            if not rows:
+                return []
+            found = [_timer_from_row(r) for r in rows]
+            conn.execute(
+                _CLAIM_TIMERS,
+                {"w_ids": [t.id for t in found], "claimed_by": worker, "lease_us": until_us},
+            )
+            lease_until = from_epoch_us(until_us)
+            return [replace(t, claimed_by=worker, lease_until=lease_until) for t in found]
+
+        return self._write("claim_due_timers", run)
+
+    def release_timer(self, timer_id: str, worker: str) -> None:
+        """Give ``worker``'s claim back; the timer stays pending and is claimable at once."""
+        params = {"w_id": timer_id, "w_worker": worker}
+        self._write("release_timer", lambda conn: _rows(conn, _RELEASE_TIMER, params))
+
+    def timers(
+        self,
+        *,
+        instance_key: str | None = None,
+        owner: str | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> list[TimerRecord]:
+        """Timers, filtered, ordered by ``due_at`` then ``id``."""
+
+        def q(conn: Connection) -> list[TimerRecord]:
+            stmt = select(*_TIMER_COLS)
+            if instance_key is not None:
+                stmt = stmt.where(_TIMER.c.instance_key == instance_key)
+            if owner is not None:
+                stmt = stmt.where(_TIMER.c.owner == owner)
+            if statuses is not None:
+                stmt = stmt.where(_TIMER.c.status.in_(sorted(statuses)))
+            stmt = stmt.order_by(_TIMER.c.due_us, _TIMER.c.id)
+            return [_timer_from_row(r) for r in conn.execute(stmt)]
+
+        return self._read("timers", q)
+
+    def get_timer(self, timer_id: str) -> TimerRecord | None:
+        """One timer by id."""
+
+        def q(conn: Connection) -> TimerRecord | None:
+            row = _first(conn, _SELECT_TIMER, {"id": timer_id})
+            return None if row is None else _timer_from_row(row)
+
+        return self._read("get_timer", q)
+
+    def count_timers(self, *, statuses: Collection[str] | None = None) -> int:
+        """How many timers (with one of ``statuses``) there are."""
+
+        def q(conn: Connection) -> int:
+            stmt = select(func.count()).select_from(_TIMER)
+            if statuses is not None:
+                stmt = stmt.where(_TIMER.c.status.in_(sorted(statuses)))
+            return int(conn.execute(stmt).scalar_one())
+
+        return self._read("count_timers", q)
+
+    def claim_due_outbox(
+        self, now: datetime, worker: str, *, lease: timedelta, limit: int
+    ) -> list[OutboxRecord]:
+        """Claim up to ``limit`` pending notifications due for an attempt, oldest first.
+
+        Same transaction and locking as :meth:`claim_due_timers`.
+        """
+        now_us = to_epoch_us(now, "now")
+        until_us = now_us + lease_micros(lease)
+        if limit < 1:
+            return []
+
+        def run(conn: Connection) -> list[OutboxRecord]:
+            rows = _rows(conn, _CLAIMABLE_OUTBOX, {"now": now_us, "limit": limit})
+            if not rows:
+                return []
+            found = [_outbox_from_row(r) for r in rows]
+            conn.execute(
+                _CLAIM_OUTBOX,
+                {"w_ids": [o.id for o in found], "claimed_by": worker, "lease_us": until_us},
+            )
+            lease_until = from_epoch_us(until_us)
+            return [replace(o, claimed_by=worker, lease_until=lease_until) for o in found]
+
+        return self._write("claim_due_outbox", run)
+
+    def finish_delivery(
+        self,
+        outbox_id: str,
+        worker: str,
+        *,
+        status: str,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        last_error: str,
+        delivered_at: datetime | None,
+    ) -> bool:
+        """Record a delivery attempt of ``worker``'s claimed notification; clear the claim.
+
+        A compare-and-set on ``status = 'pending' AND claimed_by = worker``; returns whether
+        the row changed.
+        """
+        if status not in OUTBOX_STATUSES:
+            raise ValueError(f"outbox status must be one of {OUTBOX_STATUSES}, not {status!r}")
+        params = {
+            "w_id": outbox_id,
+            "w_worker": worker,
+            "status": status,
+            "attempts": attempts,
+            "next_attempt_us": (
+                None if next_attempt_at is None else to_epoch_us(next_attempt_at, "next_attempt_at")
+            ),
+            "last_error": last_error,
+            "delivered_at": None if delivered_at is None else delivered_at.isoformat(),
+        }
+        return self._write(
+            "finish_delivery", lambda conn: bool(_rows(conn, _FINISH_DELIVERY, params))
+        )
+
+    def outbox(
+        self,
+        *,
+        instance_key: str | None = None,
+        recipient: str | None = None,
+        channel: str | None = None,
+        statuses: Collection[str] | None = None,
+        timer_id: str | None = None,
+    ) -> list[OutboxRecord]:
+        """Notifications, filtered, ordered by ``created_at`` then ``id``."""
+
+        def q(conn: Connection) -> list[OutboxRecord]:
+            stmt = select(*_OUTBOX_COLS)
+            if instance_key is not None:
+                stmt = stmt.where(_OUTBOX.c.instance_key == instance_key)
+            if recipient is not None:
+                stmt = stmt.where(_OUTBOX.c.recipient == recipient)
+            if channel is not None:
+                stmt = stmt.where(_OUTBOX.c.channel == channel)
+            if statuses is not None:
+                stmt = stmt.where(_OUTBOX.c.status.in_(sorted(statuses)))
+            if timer_id is not None:
+                stmt = stmt.where(_OUTBOX.c.timer_id == timer_id)
+            stmt = stmt.order_by(_OUTBOX.c.created_us, _OUTBOX.c.id)
+            return [_outbox_from_row(r) for r in conn.execute(stmt)]
+
+        return self._read("outbox", q)
+
+    def get_outbox(self, outbox_id: str) -> OutboxRecord | None:
+        """One notification by id."""
+
+        def q(conn: Connection) -> OutboxRecord | None:
+            row = _first(conn, _SELECT_OUTBOX, {"id": outbox_id})
+            return None if row is None else _outbox_from_row(row)
+
+        return self._read("get_outbox", q)
+
+    def mark_outbox(
+        self,
+        outbox_id: str,
+        *,
+        read_at: datetime | None = None,
+        acknowledged_at: datetime | None = None,
+    ) -> OutboxRecord | None:
+        """Set ``read_at`` / ``acknowledged_at`` (when given and not yet set); return the row.
+
+        The first mark wins: a later one never moves a time already recorded. ``None`` when no
+        notification has that id.
+        """
+        values: dict[str, Any] = {}
+        if read_at is not None:
+            values["read_at"] = func.coalesce(_OUTBOX.c.read_at, read_at.isoformat())
+        if acknowledged_at is not None:
+            values["acknowledged_at"] = func.coalesce(
+                _OUTBOX.c.acknowledged_at, acknowledged_at.isoformat()
+            )
+        if not values:
+            return self.get_outbox(outbox_id)
+
+        def run(conn: Connection) -> OutboxRecord | None:
+            stmt = (
+                update(_OUTBOX)
+                .where(_OUTBOX.c.id == outbox_id)
+                .values(values)
+                .returning(*_OUTBOX_COLS)
+            )
+            row = conn.execute(stmt).first()
+            return None if row is None else _outbox_from_row(row)
+
+        return self._write("mark_outbox", run)
 
     def dispose(self) -> None:
         """Close pooled connections; the store stays usable and reconnects on demand."""
