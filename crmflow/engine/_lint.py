@@ -13,6 +13,8 @@ code                        severity   meaning
 ``unused-role``             warning    a declared role nothing refers to
 ``unused-checklist``        warning    a checklist no state opens
 ``self-transition``         warning    a transition that leads back into the state it leaves
+``timer-without-calendar``  warning    a timer counts working time, but the file has no
+                                       ``calendar:`` (the engine's calendar applies)
 ==========================  =========  ====================================================
 
 A transition written on a sub-state overrides one with the same trigger written on its parent
@@ -30,7 +32,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from crmflow._errors import _did_you_mean
-from crmflow.engine._model import SourcePos, TransitionDef, WorkflowDef
+from crmflow.engine._model import (
+    NotifyDef,
+    SourcePos,
+    TimerDef,
+    TransitionDef,
+    WorkflowDef,
+)
 
 __all__ = ["LintIssue", "Severity", "lint"]
 
@@ -178,6 +186,28 @@ def _unused_checklists(defn: WorkflowDef) -> list[LintIssue]:
     ]
 
 
+def _all_timers(defn: WorkflowDef) -> list[TimerDef]:
+    """The workflow's timers, then those its automations start."""
+    started = [
+        action.timer
+        for automation in defn.automations
+        for action in automation.actions
+        if action.timer is not None
+    ]
+    return [*defn.timers, *started]
+
+
+def _notifications(defn: WorkflowDef) -> list[NotifyDef]:
+    found = [timer.notify for timer in _all_timers(defn) if timer.notify is not None]
+    found.extend(
+        action.notify
+        for automation in defn.automations
+        for action in automation.actions
+        if action.notify is not None
+    )
+    return found
+
+
 def _unused_roles(defn: WorkflowDef) -> list[LintIssue]:
     used = set(defn.start_roles)
     used.update(role for t in defn.transitions for role in t.roles)
@@ -188,6 +218,10 @@ def _unused_roles(defn: WorkflowDef) -> list[LintIssue]:
     for checklist in defn.checklists.values():
         used.update(checklist.manager_roles)
         used.update(item.role for item in checklist.items if item.role)
+    for notify in _notifications(defn):
+        used.update(spec[len("role:") :] for spec in notify.to if spec.startswith("role:"))
+    for automation in defn.automations:
+        used.update(a.task.role for a in automation.actions if a.task is not None and a.task.role)
     return [
         LintIssue(
             "warning",
@@ -219,6 +253,22 @@ def _self_transitions(defn: WorkflowDef) -> list[LintIssue]:
     return issues
 
 
+def _timers_without_calendar(defn: WorkflowDef) -> list[LintIssue]:
+    if defn.calendar is not None:
+        return []
+    return [
+        LintIssue(
+            "warning",
+            "timer-without-calendar",
+            f"timer {timer.name!r} counts working time, but the workflow has no 'calendar': "
+            "the engine's calendar applies, or none (every hour counts)",
+            timer.pos,
+        )
+        for timer in _all_timers(defn)
+        if timer.working_time
+    ]
+
+
 def lint(defn: WorkflowDef) -> list[LintIssue]:
     """Check a loaded workflow for likely mistakes; return the issues, errors first.
 
@@ -232,5 +282,6 @@ def lint(defn: WorkflowDef) -> list[LintIssue]:
         *_unused_checklists(defn),
         *_unused_roles(defn),
         *_self_transitions(defn),
+        *_timers_without_calendar(defn),
     ]
     return sorted(issues, key=lambda issue: issue.severity != "error")

@@ -33,6 +33,7 @@ from crmflow.engine._loader_tasks import (
     parse_reassignment,
     parse_state_checklists,
 )
+from crmflow.engine._loader_timers import parse_automations, parse_calendar, parse_timers
 from crmflow.engine._model import (
     EFFECTS,
     FIELD_TYPES,
@@ -45,6 +46,7 @@ from crmflow.engine._model import (
     RuleDef,
     SourcePos,
     StateDef,
+    TimerDef,
     TransitionDef,
     WorkflowDef,
 )
@@ -99,6 +101,10 @@ TOP_LEVEL_KEYS: Mapping[str, bool] = MappingProxyType(
         "checklists": False,
         "costs": False,
         "reassignment": False,
+        "calendar": False,
+        "timers": False,
+        "automations": False,
+        "notify": False,
     }
 )
 STATE_KEYS: Mapping[str, bool] = MappingProxyType(
@@ -143,7 +149,7 @@ FIELD_KEYS: Mapping[str, bool] = MappingProxyType(
 #: Top-level keys that later features will define; until then they are refused explicitly,
 #: so that a document written for a newer crmflow fails loudly instead of half-working.
 RESERVED_TOP_LEVEL_KEYS: frozenset[str] = frozenset(
-    {"notify", "timers", "tasks", "permissions", "assignment", "scenarios"}
+    {"tasks", "permissions", "assignment", "scenarios"}
 )
 
 _DEFAULT_EFFECT = "block"
@@ -186,9 +192,16 @@ class _Builder:
         self.state_paths: dict[str, KeyPath] = {}
         self.rule_names: set[str] = set()
         self.field_names: set[str] = set()
+        self.fields: dict[str, FieldDef] = {}
         self.checklists: dict[str, ChecklistDef] = {}
         #: Every checklist name written, also of checklists that had errors (no echo errors).
         self.checklist_names: set[str] = set()
+        #: Every trigger name written, also of transitions that had errors (no echo errors).
+        self.trigger_names: set[str] = set()
+        self.transitions: tuple[TransitionDef, ...] = ()
+        #: Whether states and transitions loaded without errors: only then can a check that
+        #: follows the machine (say, where a timer's trigger can fire) trust what it sees.
+        self.machine_ok = True
 
     # -- error helpers -------------------------------------------------------------------
 
@@ -357,22 +370,34 @@ class _Builder:
         title = self.text_value(data, "title", ())
         description = self.text_value(data, "description", ())
         self.section(lambda: self.declare_roles(data["roles"]), "roles", data)
-        fields = self.section(lambda: self.fields(data["fields"]), "fields", data, {})
-        self.field_names = set(fields or {})
+        fields = self.section(lambda: self.parse_fields(data["fields"]), "fields", data, {})
+        self.fields = dict(fields)
+        self.field_names = set(fields)
         facts = self.section(lambda: self.facts(data["facts"]), "facts", data, {})
         if isinstance(data.get("checklists"), dict):
             self.checklist_names = {k for k in data["checklists"] if IDENTIFIER.fullmatch(k)}
         self.checklists = self.section(
             lambda: parse_checklists(self, data["checklists"]), "checklists", data, {}
         )
+        machine_errors = len(self.errors)
         self.section(lambda: self.top_states(data["states"]), "states", data)
         rules_value = data.get("rules") or {}
         # Rule names first, so that transitions can refer to rules defined below them.
         if isinstance(rules_value, dict):
             self.rule_names = {key for key in rules_value if IDENTIFIER.fullmatch(key)}
+        if isinstance(data.get("transitions"), list):
+            self.trigger_names = {
+                t["trigger"]
+                for t in data["transitions"]
+                if isinstance(t, dict)
+                and isinstance(t.get("trigger"), str)
+                and IDENTIFIER.fullmatch(t["trigger"])
+            }
         transitions = self.section(
-            lambda: self.transitions(data["transitions"]), "transitions", data, ()
+            lambda: self.parse_transitions(data["transitions"]), "transitions", data, ()
         )
+        self.transitions = transitions
+        self.machine_ok = len(self.errors) == machine_errors
         rules = self.section(lambda: self.rules(data["rules"]), "rules", data, {})
         start_roles = self.section(
             lambda: self.roles(data["start_roles"], ("start_roles",)), "start_roles", data, ()
@@ -384,6 +409,12 @@ class _Builder:
             data,
             ReassignmentDef(),
         )
+        calendar = self.section(lambda: parse_calendar(self, name), "calendar", data)
+        # After the transitions: a timer's 'fire' must be able to fire where the timer runs.
+        timers: tuple[TimerDef, ...] = self.section(
+            lambda: parse_timers(self, data["timers"]), "timers", data, ()
+        )
+        automations = parse_automations(self, data, timers)
         if self.errors:
             return None
 
@@ -414,6 +445,9 @@ class _Builder:
             checklists=MappingProxyType(dict(self.checklists)),
             costs=costs,
             reassignment=reassignment,
+            timers=timers,
+            automations=automations,
+            calendar=calendar,
         )
 
     def section(self, build: Any, key: str, data: Mapping[str, Any], default: Any = None) -> Any:
@@ -460,7 +494,7 @@ class _Builder:
             )
         return str(text)
 
-    def fields(self, value: Any) -> dict[str, FieldDef]:
+    def parse_fields(self, value: Any) -> dict[str, FieldDef]:
         """Parse ``fields``: ``name: type`` or ``name: {type, required, default, ...}``."""
         mapping = self.expect(value, dict, ("fields",))
         result: dict[str, FieldDef] = {}
@@ -691,7 +725,7 @@ class _Builder:
 
     # -- transitions ---------------------------------------------------------------------
 
-    def transitions(self, value: Any) -> tuple[TransitionDef, ...]:
+    def parse_transitions(self, value: Any) -> tuple[TransitionDef, ...]:
         """Parse the ``transitions`` list."""
         items = self.expect(value, list, ("transitions",), "a list of transitions")
         result: list[TransitionDef] = []

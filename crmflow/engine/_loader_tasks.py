@@ -182,7 +182,9 @@ def _items(
     return tuple(items)
 
 
-def _duration(b: _Builder, value: Any, path: KeyPath) -> timedelta | None:
+def _duration(
+    b: _Builder, value: Any, path: KeyPath, *, allow_zero: bool = False
+) -> timedelta | None:
     if value is None:
         return None
     text = b.expect(value, str, path, "a duration such as 2d or 4h")
@@ -190,7 +192,7 @@ def _duration(b: _Builder, value: Any, path: KeyPath) -> timedelta | None:
         duration = parse_duration(text)
     except ValueError as exc:
         raise b.error(str(exc), path) from None
-    if duration <= timedelta(0):
+    if duration < timedelta(0) or (duration == timedelta(0) and not allow_zero):
         raise b.error(f"duration {text!r} must be longer than zero", path)
     return duration
 

@@ -34,7 +34,22 @@ from crmflow.engine._loader_tasks import (
     GATE_KEYS,
     REASSIGNMENT_KEYS,
 )
-from crmflow.engine._model import EFFECTS, FIELD_TYPES
+from crmflow.engine._loader_timers import (
+    ANY_TRIGGER,
+    AUTOMATION_ACTION_KEYS,
+    AUTOMATION_KEYS,
+    CALENDAR_KEYS,
+    CREATE_TASK_KEYS,
+    NOTIFY_KEYS,
+    NOTIFY_SHORTHAND_KEYS,
+    ON_KEYS,
+    SET_KEYS,
+    SLA_KEYS,
+    START_TIMER_KEYS,
+    TIMER_KEYS,
+    UNIT_PATH,
+)
+from crmflow.engine._model import AUTOMATION_EVENTS, EFFECTS, FIELD_TYPES
 
 __all__ = ["SCHEMA_ID", "build_schema", "load_schema", "render_schema", "schema_path"]
 
@@ -73,6 +88,10 @@ _TOP: dict[str, Any] = {
     "checklists": {"type": "object", "additionalProperties": {"$ref": _REF + "checklist"}},
     "costs": {"$ref": _REF + "costs"},
     "reassignment": {"$ref": _REF + "reassignment"},
+    "calendar": {"$ref": _REF + "calendar"},
+    "timers": {"type": "array", "items": {"$ref": _REF + "timer"}},
+    "automations": {"type": "array", "items": {"$ref": _REF + "automation"}},
+    "notify": {"type": "array", "items": {"$ref": _REF + "notify_shorthand"}},
 }
 _DURATION: dict[str, Any] = {"type": "string", "pattern": r"^\s*\d+[smhdw](\s+\d+[smhdw])*\s*$"}
 _CHECKLIST: dict[str, Any] = {
@@ -107,6 +126,105 @@ _COSTS: dict[str, Any] = {
     "currency": _TEXT,
 }
 _REASSIGNMENT: dict[str, Any] = {"roles": _NAMES, "rules": _NAMES}
+_STATE_REFS: dict[str, Any] = {
+    "oneOf": [
+        {"$ref": _REF + "state_ref"},
+        {"type": "array", "minItems": 1, "items": {"$ref": _REF + "state_ref"}},
+    ]
+}
+_TRIGGERS: dict[str, Any] = {
+    "oneOf": [
+        {"$ref": _REF + "identifier"},
+        {"type": "array", "minItems": 1, "items": {"$ref": _REF + "identifier"}},
+    ]
+}
+_HOURS: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
+# The calendar's own reader checks the details (weekdays, ranges, dates); this is its shape.
+_TEXTS: dict[str, Any] = {"oneOf": [_TEXT, {"type": "array", "items": _TEXT}]}
+_CALENDAR: dict[str, Any] = {
+    "calendar": {"$ref": _REF + "identifier"},
+    "timezone": _TEXT,
+    "hours": {"type": "object", "additionalProperties": _TEXTS},
+    "holidays": {"type": "array", "items": _TEXT},
+    "working_days": {"type": "object", "additionalProperties": _TEXTS},
+}
+_TIMER: dict[str, Any] = {
+    "name": {"$ref": _REF + "identifier"},
+    "in_state": _STATE_REFS,
+    "after": _DURATION,
+    "before": _DURATION,
+    "of": {"$ref": _REF + "identifier"},
+    "sla": {"$ref": _REF + "sla"},
+    "working_time": {**_BOOL, "default": False},
+    "fire": {"$ref": _REF + "identifier"},
+    "notify": {"$ref": _REF + "notify"},
+    "reset_on": _TRIGGERS,
+}
+_START_TIMER: dict[str, Any] = {k: v for k, v in _TIMER.items() if k != "in_state"}
+# Exactly one kind; 'of' and 'before' go together; something happens when it is due.
+_TIMER_RULES: dict[str, Any] = {
+    "oneOf": [{"required": ["after"]}, {"required": ["before"]}, {"required": ["sla"]}],
+    "anyOf": [{"required": ["fire"]}, {"required": ["notify"]}],
+    "dependentRequired": {"before": ["of"], "of": ["before"]},
+}
+_SLA: dict[str, Any] = {
+    "by": {"$ref": _REF + "identifier"},
+    "hours": {"type": "object", "additionalProperties": _HOURS},
+    "default": _HOURS,
+}
+_RECIPIENT: dict[str, Any] = {
+    "type": "string",
+    "pattern": (
+        rf"^\s*(owner|manager|managers|role:\s*[a-z_][a-z0-9_]*|user:\s*[^\s/]+"
+        rf"|unit:\s*/?{UNIT_PATH.pattern}/?)\s*$"
+    ),
+}
+_NOTIFY: dict[str, Any] = {
+    "to": {
+        "oneOf": [
+            {"$ref": _REF + "recipient"},
+            {"type": "array", "minItems": 1, "items": {"$ref": _REF + "recipient"}},
+        ]
+    },
+    "subject": {"type": "string", "minLength": 1},
+    "body": _TEXT,
+    "channels": _NAMES,
+}
+_ON: dict[str, Any] = {
+    "transition": {
+        "oneOf": [
+            {"$ref": _REF + "trigger_ref"},
+            {"type": "array", "minItems": 1, "items": {"$ref": _REF + "trigger_ref"}},
+        ]
+    },
+    "enter": _STATE_REFS,
+    "event": {
+        "oneOf": [
+            {"enum": list(AUTOMATION_EVENTS)},
+            {"type": "array", "minItems": 1, "items": {"enum": list(AUTOMATION_EVENTS)}},
+        ]
+    },
+}
+_AUTOMATION: dict[str, Any] = {
+    "name": {"$ref": _REF + "identifier"},
+    "on": {"$ref": _REF + "on"},
+    "if": {"type": "string", "minLength": 1},
+    "do": {"type": "array", "minItems": 1, "items": {"$ref": _REF + "automation_action"}},
+}
+_AUTOMATION_ACTION: dict[str, Any] = {
+    "notify": {"$ref": _REF + "notify"},
+    "create_task": {"$ref": _REF + "create_task"},
+    "set": {"$ref": _REF + "set"},
+    "start_timer": {"$ref": _REF + "start_timer"},
+}
+_CREATE_TASK: dict[str, Any] = {k: v for k, v in _CHECKLIST_ITEM.items() if k != "depends_on"}
+_SET: dict[str, Any] = {"field": {"$ref": _REF + "identifier"}, "value": {}}
+_NOTIFY_SHORTHAND: dict[str, Any] = {
+    "name": _AUTOMATION["name"],
+    "on": _AUTOMATION["on"],
+    "if": _AUTOMATION["if"],
+    **_NOTIFY,
+}
 _STATE: dict[str, Any] = {
     "name": {"$ref": _REF + "identifier"},
     "initial": _BOOL,
@@ -217,6 +335,38 @@ def build_schema() -> dict[str, Any]:
             "gate": _object(GATE_KEYS, _GATE, "a requirement"),
             "costs": _object(COSTS_KEYS, _COSTS, "costs"),
             "reassignment": _object(REASSIGNMENT_KEYS, _REASSIGNMENT, "reassignment"),
+            "calendar": _object(CALENDAR_KEYS, _CALENDAR, "a calendar"),
+            "trigger_ref": {
+                "type": "string",
+                "anyOf": [{"pattern": identifier["pattern"]}, {"const": ANY_TRIGGER}],
+            },
+            "recipient": _RECIPIENT,
+            "timer": {**_object(TIMER_KEYS, _TIMER, "a timer"), **_TIMER_RULES},
+            "start_timer": {
+                **_object(START_TIMER_KEYS, _START_TIMER, "a started timer"),
+                **_TIMER_RULES,
+            },
+            "sla": _object(SLA_KEYS, _SLA, "an SLA"),
+            "notify": _object(NOTIFY_KEYS, _NOTIFY, "a notification"),
+            "on": {
+                "oneOf": [
+                    {**_object(ON_KEYS, _ON, "'on'"), "minProperties": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {**_object(ON_KEYS, _ON, "'on'"), "minProperties": 1},
+                    },
+                ]
+            },
+            "automation": _object(AUTOMATION_KEYS, _AUTOMATION, "an automation"),
+            "automation_action": {
+                **_object(AUTOMATION_ACTION_KEYS, _AUTOMATION_ACTION, "an action"),
+                "minProperties": 1,
+                "maxProperties": 1,
+            },
+            "create_task": _object(CREATE_TASK_KEYS, _CREATE_TASK, "a task"),
+            "set": _object(SET_KEYS, _SET, "'set'"),
+            "notify_shorthand": _object(NOTIFY_SHORTHAND_KEYS, _NOTIFY_SHORTHAND, "a notification"),
             "field": {
                 "oneOf": [
                     {"$ref": _REF + "field_type"},
