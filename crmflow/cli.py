@@ -1,4 +1,4 @@
-"""The ``crmflow`` command line: validate, lint, diagram, demo."""
+"""The ``crmflow`` command line: validate, lint, diagram, demo, worker."""
 
 from __future__ import annotations
 
@@ -119,6 +119,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import os
+    import threading
+
+    from crmflow._worker import run_worker, stop_on_signals
+    from crmflow.engine import Engine
+    from crmflow.plugins.notifiers import Channel, SmtpChannel, WebhookChannel
+
+    channels: list[Channel] = []
+    if args.smtp:
+        channels.append(SmtpChannel.from_url(args.smtp))
+    if args.webhook:
+        secret = os.environ.get(args.webhook_secret_env, "")
+        if not secret:
+            print(
+                f"crmflow: set {args.webhook_secret_env} to the webhook's signing secret",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        channels.append(WebhookChannel(args.webhook, secret=secret))
+    engine = Engine.from_path(
+        Path(args.workflows) if args.workflows else default_workflows_dir(),
+        store=args.store,
+        org=args.org,
+        calendar=args.calendar,
+        channels=channels,
+    )
+    stop = threading.Event()
+    restore = stop_on_signals(stop)
+    try:
+        total = run_worker(engine, interval=args.interval, until_idle=args.until_idle, stop=stop)
+    finally:
+        restore()
+        engine.close()
+    print(
+        f"worker stopped: {total.fired} timers fired, {total.refused} refused, "
+        f"{total.delivered} delivered, {total.retrying} to retry, {total.dead} dead"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -147,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="crmflow-demo.db", help="SQLite file (recreated)")
     p.add_argument("--workflows", help="workflow directory (default: the shipped workflows/)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("worker", help="fire due timers and deliver notifications, in a loop")
+    p.add_argument("--store", required=True, help="store URL (postgresql://... or sqlite:///...)")
+    p.add_argument("--workflows", help="workflow directory (default: the shipped workflows/)")
+    p.add_argument("--org", help="org directory YAML (recipients, managers, delegations)")
+    p.add_argument("--calendar", help="business calendar YAML for working-time timers")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between idle ticks")
+    p.add_argument(
+        "--until-idle", action="store_true", help="stop after the first tick with nothing to do"
+    )
+    p.add_argument("--smtp", help="e-mail channel: smtp://user:pw@host:port?sender=...")
+    p.add_argument("--webhook", help="webhook channel URL (HMAC-signed POSTs)")
+    p.add_argument(
+        "--webhook-secret-env",
+        default="CRMFLOW_WEBHOOK_SECRET",
+        help="environment variable holding the webhook secret",
+    )
+    p.set_defaults(func=_cmd_worker)
     return parser
 
 

@@ -56,11 +56,8 @@ def test_random_sequences_stay_inside_the_definition(workflow: str, steps: list)
     defn = DEFINITIONS[workflow]
     with Engine([defn], rules_backend="python", load_entry_points=False) as engine:
         starter = Actor("starter", roles=set(defn.start_roles) or {"anyone"})
-        required = {
-            n: ("X" if f.type == "str" else Decimal("100"))
-            for n, f in defn.fields.items()
-            if f.required
-        }
+        sample = {"str": "X", "decimal": Decimal("100"), "date": "2026-02-01"}
+        required = {n: sample[f.type] for n, f in defn.fields.items() if f.required}
         engine.start(workflow, "K", actor=starter, data=required)
         for trigger, role, facts, override, data in steps:
             before = engine.get("K")

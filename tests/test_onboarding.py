@@ -22,7 +22,9 @@ from crmflow import (
     VirtualClock,
 )
 
-WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+ORG = ROOT / "examples" / "org.yaml"  # alice and bob report to erin
 
 ALICE = Actor("alice", roles={"sales_rep"})
 BOB = Actor("bob", roles={"sales_rep"})
@@ -52,7 +54,7 @@ START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 @pytest.fixture
 def engine(store_url: str) -> Iterator[Engine]:
     with Engine.from_path(
-        WORKFLOWS, store=store_url, clock=VirtualClock(START), load_entry_points=False
+        WORKFLOWS, store=store_url, clock=VirtualClock(START), load_entry_points=False, org=ORG
     ) as eng:
         yield eng
 
@@ -300,7 +302,13 @@ def test_reassigning_a_locked_customer_is_refused_with_the_rule_message(engine: 
     assert result.refusals[0].message == (
         "Hangzhou Tea Co. is locked to its salesperson; the owner cannot be changed"
     )
-    assert result.effects["notifications"][0]["to"] == "manager:alice"
+    # B4: the refusal is a notice to the owner's manager, queued with the refusal.
+    assert [(n["to"], n["status"]) for n in result.effects["notifications"]] == [
+        ("erin", "pending")
+    ]
+    (notice,) = engine.store.outbox(instance_key="C-1")
+    assert notice.subject == "Reassigning C-1 to bob was refused"
+    assert "locked to its salesperson" in notice.body
     assert engine.get("C-1").owner == "alice"
     assert engine.history("C-1")[-1].kind == "refused"
     with pytest.raises(PermissionDenied):
@@ -348,11 +356,14 @@ def test_preview_and_reassign_move_every_open_task_but_the_kept_ones(engine: Eng
     assert set(holders.values()) == {"bob"}
     assert result.effects["tasks_kept"] == ["contact_person"]
     assert set(result.effects["tasks_moved"]) == set(holders)
-    assert [n["to"] for n in result.effects["notifications"]] == [
-        "user:alice",
-        "user:bob",
-        "manager:alice",
-    ]
+    assert [n["to"] for n in result.effects["notifications"]] == ["alice", "bob", "erin"]
+    queued = engine.store.outbox(instance_key="C-1")
+    assert {(n.recipient, n.channel, n.status) for n in queued} == {
+        ("alice", "inbox", "pending"),
+        ("bob", "inbox", "pending"),
+        ("erin", "inbox", "pending"),
+    }
+    assert "contact_person" in queued[0].body
     entry = engine.history("C-1")[-1]
     assert (entry.kind, entry.actor, entry.reason) == (
         "reassign",

@@ -182,6 +182,11 @@ def test_rendering() -> None:
     assert render_value(True) == "yes" and render_value(False) == "no"
     assert render_value(None) == "(none)"
     assert render_value(dt.date(2024, 2, 1)) == "2024-02-01"
+    assert render_value(dt.datetime(2024, 2, 1, 9, 30)) == "2024-02-01 09:30 UTC"
+    shanghai = dt.timezone(dt.timedelta(hours=8))
+    assert render_value(dt.datetime(2024, 2, 1, 17, 0, 5, tzinfo=shanghai)) == (
+        "2024-02-01 09:00:05 UTC"
+    )
     assert render_value(D("-0.5")) == "-0.5"
 
 

@@ -15,8 +15,14 @@ from typing import Any
 
 from crmflow._errors import DefinitionError, ExpressionError
 from crmflow._suggest import suggest
+from crmflow.engine._automations import (
+    CompiledAutomation,
+    compile_automations,
+    compile_timer_notifies,
+)
 from crmflow.engine._machine import WorkflowMachine
-from crmflow.engine._model import TransitionDef, WorkflowDef
+from crmflow.engine._model import TimerDef, TransitionDef, WorkflowDef
+from crmflow.engine._notify import CompiledNotify
 from crmflow.rules import CompiledRule, FunctionSpec, RulesBackend, Schema, compile_rule
 
 __all__ = [
@@ -64,6 +70,12 @@ class CompiledWorkflow:
     by_state: dict[str, dict[str, CompiledTransition]]
     #: The owner change as a transition that stays where it is: its roles and rules.
     reassign: CompiledTransition | None = None
+    #: Automations with their conditions and templates compiled.
+    automations: list[CompiledAutomation] = field(default_factory=list)
+    #: Workflow timers' notifications, by timer name.
+    timer_notifies: dict[str, CompiledNotify] = field(default_factory=dict)
+    #: Timers automations start (``start_timer`` actions).
+    automation_timers: list[TimerDef] = field(default_factory=list)
 
     def transition(self, state: str, trigger: str) -> CompiledTransition | None:
         """The transition ``trigger`` fires from ``state``, if any."""
@@ -200,6 +212,14 @@ def compile_workflow(
         machine=WorkflowMachine(defn),
         by_state=by_state,
         reassign=reassign,
+        automations=compile_automations(defn, schema),
+        timer_notifies=compile_timer_notifies(defn, schema),
+        automation_timers=[
+            action.timer
+            for auto in defn.automations
+            for action in auto.actions
+            if action.timer is not None
+        ],
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from crmflow._types import (
     TransitionContext,
     TriggerOption,
 )
+from crmflow.engine._calendar import BusinessCalendar, load_calendar_file
 from crmflow.engine._compile import (
     CompiledTransition,
     CompiledWorkflow,
@@ -44,18 +47,25 @@ from crmflow.engine._compile import (
     compile_workflow,
 )
 from crmflow.engine._data import coerce_value, merge_data, validate_new_data
+from crmflow.engine._effects import SideEffects, plan_side_effects
 from crmflow.engine._loader import load_definitions
-from crmflow.engine._model import ActionDef, WorkflowDef
-from crmflow.engine._tasks import gate_refusals, task_changes_for_move
+from crmflow.engine._model import ActionDef, GateDef, WorkflowDef
+from crmflow.engine._notify import NotificationFactory, summarize
+from crmflow.engine._tasks import gate_refusals
+from crmflow.engine._timer_ops import TimerOperations
 from crmflow.engine._work import WorkOperations
 from crmflow.plugins._manager import make_plugin_manager
 from crmflow.plugins._storage_api import (
     HistoryDraft,
     HistoryRecord,
     InstanceRecord,
+    OutboxRecord,
     Storage,
     StorageTx,
 )
+from crmflow.plugins.directory import OrgDirectoryPlugin
+from crmflow.plugins.notifiers import Channel, LogChannel, RetryPolicy
+from crmflow.plugins.org_directory import OrgDirectory, load_org_file
 from crmflow.rules import FunctionSpec, Verdict, make_backend
 
 __all__ = ["Engine"]
@@ -66,7 +76,14 @@ log = logging.getLogger("crmflow")
 _NON_CHANGING_KINDS = frozenset({"refused", "denied"})
 
 
-class Engine(WorkOperations):
+class _Same:
+    """Marker: the change starts from the instance's current state."""
+
+
+_SAME = _Same()
+
+
+class Engine(WorkOperations, TimerOperations):
     """An embeddable workflow engine for one client configuration.
 
     Args:
@@ -80,6 +97,16 @@ class Engine(WorkOperations):
             ``"durable"`` or ``"python"``.
         load_entry_points: also load plugins installed under the ``crmflow`` entry-point group.
         name: a label for logs and hook contexts (default: a random id).
+        org: the org directory (an :class:`~crmflow.plugins.org_directory.OrgDirectory` or a
+            YAML file) that resolves ``owner``, ``manager``, ``role:X`` recipients and
+            delegations; without one only ``owner`` and ``user:ID`` resolve.
+        calendar: the business calendar timers with ``working_time`` follow (a
+            :class:`~crmflow.engine._calendar.BusinessCalendar` or a YAML file); a workflow's
+            own ``calendar:`` wins. Default: every moment is working time.
+        channels: notification channels (e-mail, webhook ...) besides the built-in ``inbox``
+            and ``log``, and those plugins return from ``crmflow_notification_channels``.
+        default_channels: channels used when a notification names none.
+        retry: how failed deliveries are retried (default: :class:`RetryPolicy`'s defaults).
 
     """
 
@@ -93,11 +120,39 @@ class Engine(WorkOperations):
         rules_backend: str = "auto",
         load_entry_points: bool = True,
         name: str | None = None,
+        org: OrgDirectory | str | Path | None = None,
+        calendar: BusinessCalendar | str | Path | None = None,
+        channels: Sequence[Channel] = (),
+        default_channels: Sequence[str] = ("inbox",),
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.name = name or f"engine-{self.id}"
         self.clock: Clock = clock or SystemClock()
-        self.plugins = make_plugin_manager(plugins, load_entry_points=load_entry_points)
+        if isinstance(org, str | Path):
+            org = load_org_file(org)
+        self.org: OrgDirectory | None = org
+        if isinstance(calendar, str | Path):
+            calendar = load_calendar_file(calendar)
+        self.calendar: BusinessCalendar | None = calendar
+        extra = [OrgDirectoryPlugin(org)] if org is not None else []
+        self.plugins = make_plugin_manager([*extra, *plugins], load_entry_points=load_entry_points)
+        self.channels: dict[str, Channel] = {"log": LogChannel()}
+        for channel in [
+            *(
+                c
+                for batch in self.plugins.hook.crmflow_notification_channels()
+                for c in batch or ()
+            ),
+            *channels,
+        ]:
+            self.channels[channel.name] = channel
+        self.retry = retry or RetryPolicy()
+        self._notifications = NotificationFactory(
+            self.plugins,
+            default_channels=default_channels,
+            channels=[*self.channels, "inbox"],
+        )
         self._rules = make_backend(rules_backend, namespace=f"crmflow_{self.id}")
         self.rules_backend = self._rules.name
         self._functions = self._collect_functions()
@@ -281,9 +336,6 @@ class Engine(WorkOperations):
         state = defn.leaf_state(defn.initial_state)
         now = self.clock.now()
         owner = owner if owner is not None else actor.id
-        opened, _ = task_changes_for_move(
-            defn, key=key, from_state=None, to_state=state, tasks=(), gates=(), owner=owner, now=now
-        )
         record = InstanceRecord(
             key=key,
             workflow=defn.name,
@@ -296,12 +348,26 @@ class Engine(WorkOperations):
             updated_at=now,
             owner=owner,
         )
+        side = self._side_effects(
+            compiled,
+            record,
+            from_state=None,
+            to_state=state,
+            trigger=None,
+            event="started",
+            data=values,
+            changed=list(values),
+            actor=actor,
+            now=now,
+        )
+        if side.data:
+            values = {**values, **side.data}
+            record = replace(record, data=values)
         details: dict[str, Any] = {"workflow": defn.name, "version": defn.version}
-        if opened:
-            details["tasks_opened"] = [t.id for t in opened]
+        details.update(side.describe())
         with self.store.transaction() as tx:
             tx.insert_instance(record)
-            tx.put_tasks(opened)
+            side.write(tx, key, now)
             tx.append_history(
                 HistoryDraft(
                     instance_key=key,
@@ -314,6 +380,44 @@ class Engine(WorkOperations):
                 )
             )
         return self._instance(record)
+
+    def _side_effects(
+        self,
+        compiled: CompiledWorkflow,
+        record: InstanceRecord,
+        *,
+        to_state: str,
+        trigger: str | None,
+        event: str | None,
+        gates: Sequence[GateDef] = (),
+        tasks: Sequence[Task] = (),
+        data: Mapping[str, Any],
+        changed: Collection[str] = (),
+        actor: Actor,
+        now: datetime,
+        from_state: str | _Same | None = _SAME,
+    ) -> SideEffects:
+        """Tasks, timers and automation effects of one change (nothing for plain workflows)."""
+        defn = compiled.defn
+        if not (defn.checklists or defn.timers or compiled.automations):
+            return SideEffects()
+        return plan_side_effects(
+            compiled,
+            key=record.key,
+            owner=record.owner,
+            from_state=record.state if isinstance(from_state, _Same) else from_state,
+            to_state=to_state,
+            trigger=trigger,
+            event=event,
+            gates=gates,
+            tasks=tasks,
+            data=data,
+            changed=changed,
+            actor=actor,
+            now=now,
+            factory=self._notifications,
+            calendar=defn.calendar or self.calendar,
+        )
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -448,6 +552,39 @@ class Engine(WorkOperations):
         A rule refusal returns ``ok=False`` with the refusals; misuse raises a
         :class:`CrmflowError`.
         """
+        return self._fire(
+            key,
+            trigger,
+            actor=actor,
+            data=data,
+            facts=facts,
+            override=override,
+            idempotency_key=idempotency_key,
+            expected_version=expected_version,
+        )
+
+    def _fire(
+        self,
+        key: str,
+        trigger: str,
+        *,
+        actor: Actor,
+        data: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
+        override: str | None = None,
+        idempotency_key: str | None = None,
+        expected_version: int | None = None,
+        system: bool = False,
+        in_tx: Callable[[StorageTx], None] | None = None,
+        extra_outbox: Sequence[OutboxRecord] = (),
+        event: str | None = None,
+    ) -> FireResult:
+        """The one path every fire takes: a host call, or a timer (``system``: no role check).
+
+        ``in_tx`` runs inside whichever transaction records the outcome (the change, or the
+        refusal), and ``extra_outbox`` rows are written there too: a timer marks itself fired
+        in the same transaction as what it did.
+        """
         if idempotency_key is not None:
             earlier = self.store.get_idempotency(idempotency_key)
             if earlier is not None:
@@ -457,7 +594,7 @@ class Engine(WorkOperations):
             raise ConcurrencyConflict(key, expected_version, record.version)
         compiled = self._compiled_for(record)
         ct = self._transition(compiled, record, trigger)
-        if not actor.has_any_role(ct.defn.roles):
+        if not system and not actor.has_any_role(ct.defn.roles):
             self._record_refusal(
                 record,
                 actor,
@@ -485,6 +622,8 @@ class Engine(WorkOperations):
                 "refused",
                 "; ".join(r.message for r in refusals),
                 {"refusals": [r.as_dict() for r in refusals]},
+                in_tx=in_tx,
+                outbox=extra_outbox,
             )
             return FireResult(
                 ok=False,
@@ -495,6 +634,7 @@ class Engine(WorkOperations):
                 version=record.version,
                 refusals=tuple(refusals),
                 warnings=tuple(warnings),
+                effects={"notifications": summarize(extra_outbox)} if extra_outbox else {},
             )
         dest = compiled.machine.fire(record.state, trigger)
         try:
@@ -510,6 +650,9 @@ class Engine(WorkOperations):
                 overrides,
                 idempotency_key,
                 tasks,
+                in_tx=in_tx,
+                extra_outbox=extra_outbox,
+                event=event,
             )
         except ConcurrencyConflict:
             # A retry of this very command may have won the race: answer as it did.
@@ -548,22 +691,35 @@ class Engine(WorkOperations):
         overrides: Sequence[Override],
         idempotency_key: str | None,
         tasks: Sequence[Task],
+        *,
+        in_tx: Callable[[StorageTx], None] | None = None,
+        extra_outbox: Sequence[OutboxRecord] = (),
+        event: str | None = None,
     ) -> FireResult:
         now = self.clock.now()
         trigger = ct.defn.trigger
-        opened: list[Task] = []
-        cancelled: list[Task] = []
-        if compiled.defn.checklists and dest != record.state:
-            opened, cancelled = task_changes_for_move(
-                compiled.defn,
-                key=record.key,
-                from_state=record.state,
-                to_state=dest,
-                tasks=tasks,
-                gates=ct.defn.requires,
-                owner=record.owner,
-                now=now,
-            )
+        side = self._side_effects(
+            compiled,
+            record,
+            to_state=dest,
+            trigger=trigger,
+            event=event,
+            gates=ct.defn.requires,
+            tasks=tasks,
+            data=new_data,
+            changed=changes,
+            actor=actor,
+            now=now,
+        )
+        side.outbox[:0] = list(extra_outbox)
+        if side.data:
+            # Values an automation sets are part of this change, like the caller's data.
+            new_data = dict(new_data)
+            changes = dict(changes)
+            for name, value in side.data.items():
+                if new_data.get(name) != value:
+                    changes[name] = [new_data.get(name), value]
+                    new_data[name] = value
         updated = InstanceRecord(
             key=record.key,
             workflow=record.workflow,
@@ -593,18 +749,17 @@ class Engine(WorkOperations):
         )
         with self.store.transaction() as tx:
             tx.update_instance(updated, expected_version=record.version)
-            if opened or cancelled:
-                tx.put_tasks([*opened, *cancelled])
+            if in_tx is not None:
+                in_tx(tx)
+            side.write(tx, record.key, now)
             actions = [self._run_action(action, context, tx) for action in ct.defn.actions]
             effects: dict[str, Any] = {}
             if changes:
                 effects["data_changed"] = dict(changes)
             if actions:
                 effects["actions"] = actions
-            if opened:
-                effects["tasks_opened"] = [t.id for t in opened]
-            if cancelled:
-                effects["tasks_cancelled"] = [t.id for t in cancelled]
+            described = side.describe()
+            effects.update(described)
             tx.append_history(
                 HistoryDraft(
                     instance_key=record.key,
@@ -621,11 +776,7 @@ class Engine(WorkOperations):
                         "warnings": [w.as_dict() for w in warnings],
                         "roles": sorted(actor.roles),
                         "actions": actions,
-                        **{
-                            name: effects[name]
-                            for name in ("tasks_opened", "tasks_cancelled")
-                            if name in effects
-                        },
+                        **described,
                     },
                 )
             )
@@ -672,9 +823,19 @@ class Engine(WorkOperations):
         kind: str,
         reason: str,
         details: Mapping[str, Any],
+        *,
+        in_tx: Callable[[StorageTx], None] | None = None,
+        outbox: Sequence[OutboxRecord] = (),
     ) -> None:
+        extra: dict[str, Any] = {}
+        if outbox:
+            extra["notifications"] = summarize(outbox)
         with self.store.transaction() as tx:
             current = tx.lock_instance(record.key)
+            if in_tx is not None:
+                in_tx(tx)
+            if outbox:
+                tx.insert_outbox(outbox)
             tx.append_history(
                 HistoryDraft(
                     instance_key=record.key,
@@ -685,7 +846,7 @@ class Engine(WorkOperations):
                     from_state=current.state if current else record.state,
                     to_state=current.state if current else record.state,
                     reason=reason,
-                    details=dict(details, roles=sorted(actor.roles)),
+                    details=dict(details, roles=sorted(actor.roles), **extra),
                 )
             )
 

@@ -10,7 +10,7 @@ history's entry count still equals the instance's version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal, Inexact, InvalidOperation, localcontext
@@ -36,6 +36,7 @@ from crmflow._task_types import (
 )
 from crmflow._types import Actor, FireResult, Refusal
 from crmflow.engine._data import coerce_value
+from crmflow.engine._notify import summarize
 from crmflow.engine._tasks import (
     dependency_refusal,
     dependents_done,
@@ -46,18 +47,23 @@ from crmflow.engine._tasks import (
     required_roles,
     unfinished,
 )
-from crmflow.plugins._storage_api import HistoryDraft, InstanceRecord
+from crmflow.plugins._storage_api import HistoryDraft, InstanceRecord, OutboxRecord, StorageTx
 
 if TYPE_CHECKING:
     from crmflow._clock import Clock
     from crmflow.engine._compile import CompiledTransition, CompiledWorkflow
+    from crmflow.engine._effects import SideEffects
+    from crmflow.engine._model import GateDef
+    from crmflow.engine._notify import NotificationFactory
     from crmflow.plugins._storage_api import Storage
     from crmflow.rules import Verdict
 
 __all__ = ["WorkOperations"]
 
 log = logging.getLogger("crmflow")
-notify_log = logging.getLogger("crmflow.notify")
+
+#: Task operations automations can listen to, by the event they raise.
+_TASK_EVENTS = {"complete": "task_completed", "defer": "task_deferred"}
 
 #: Task operations and the statuses each may start from.
 _FROM_STATUSES: Mapping[str, frozenset[str]] = {
@@ -74,6 +80,23 @@ class WorkOperations:
     if TYPE_CHECKING:
         store: Storage
         clock: Clock
+        _notifications: NotificationFactory
+
+        def _side_effects(
+            self,
+            compiled: CompiledWorkflow,
+            record: InstanceRecord,
+            *,
+            to_state: str,
+            trigger: str | None,
+            event: str | None,
+            gates: Sequence[GateDef] = (),
+            tasks: Sequence[Task] = (),
+            data: Mapping[str, Any],
+            changed: Collection[str] = (),
+            actor: Actor,
+            now: datetime,
+        ) -> SideEffects: ...
 
         def _record(self, key: str) -> InstanceRecord: ...
         def _compiled_for(self, record: InstanceRecord) -> CompiledWorkflow: ...
@@ -99,6 +122,9 @@ class WorkOperations:
             kind: str,
             reason: str,
             details: Mapping[str, Any],
+            *,
+            in_tx: Callable[[StorageTx], None] | None = None,
+            outbox: Sequence[OutboxRecord] = (),
         ) -> None: ...
         def _replay(
             self, earlier: Mapping[str, Any], key: str, trigger: str, idempotency_key: str
@@ -326,7 +352,7 @@ class WorkOperations:
                 refusals=(outcome,),
             )
         changes = _task_changes(task, outcome)
-        version = self._write_change(
+        version, _ = self._write_change(
             record,
             actor,
             kind="task",
@@ -334,6 +360,8 @@ class WorkOperations:
             reason=reason,
             details={"task": task.id, "operation": operation, "changes": changes},
             tasks=[outcome],
+            existing=tasks,
+            event=_TASK_EVENTS.get(operation),
         )
         return TaskOutcome(
             ok=True, key=key, task_id=task.id, operation=operation, task=outcome, version=version
@@ -352,8 +380,16 @@ class WorkOperations:
         cost: CostEntry | None = None,
         owner: str | None = None,
         idempotency: tuple[str, Mapping[str, Any]] | None = None,
-    ) -> int:
-        """Bump the instance's version and write the change with its history entry."""
+        existing: Sequence[Task] = (),
+        event: str | None = None,
+        outbox: Sequence[OutboxRecord] = (),
+        in_tx: Callable[[StorageTx], None] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Bump the instance's version and write the change with its history entry.
+
+        ``event`` lets automations listening to it act in the same transaction. Returns the
+        new version and the change's effects (as a fire result lists them).
+        """
         now = self.clock.now()
         updated = replace(
             record,
@@ -361,10 +397,36 @@ class WorkOperations:
             updated_at=now,
             owner=owner if owner is not None else record.owner,
         )
+        side = self._side_effects(
+            self._compiled_for(record),
+            updated,
+            to_state=record.state,
+            trigger=None,
+            event=event,
+            tasks=existing,
+            data=record.data,
+            actor=actor,
+            now=now,
+        )
+        side.outbox[:0] = list(outbox)
+        changes: dict[str, Any] = {}
+        if side.data:
+            data = dict(record.data)
+            for name, value in side.data.items():
+                if data.get(name) != value:
+                    changes[name] = [data.get(name), value]
+                    data[name] = value
+            updated = replace(updated, data=data)
+        described = side.describe()
+        if changes:
+            described["data_changed"] = changes
         with self.store.transaction() as tx:
             tx.update_instance(updated, expected_version=record.version)
+            if in_tx is not None:
+                in_tx(tx)
             if tasks:
                 tx.put_tasks(tasks)
+            side.write(tx, record.key, now)
             if cost is not None:
                 tx.add_cost(replace(cost, seq=updated.version, at=now))
             tx.append_history(
@@ -377,12 +439,13 @@ class WorkOperations:
                     from_state=record.state,
                     to_state=record.state,
                     reason=reason,
-                    details={**details, "roles": sorted(actor.roles)},
+                    changes=changes,
+                    details={**details, **described, "roles": sorted(actor.roles)},
                 )
             )
             if idempotency is not None:
                 tx.put_idempotency(idempotency[0], record.key, idempotency[1], at=now)
-        return updated.version
+        return updated.version, described
 
     # -- progress -------------------------------------------------------------------------
 
@@ -477,10 +540,11 @@ class WorkOperations:
         )
         stored = {"cost": {"key": key, "category": category, "amount": str(value), "note": note}}
         try:
-            version = self._write_change(
+            version, _ = self._write_change(
                 record,
                 actor,
                 kind="cost",
+                event="cost_recorded",
                 trigger="record_cost",
                 reason=note,
                 details={"category": category, "amount": value, "currency": spec.currency},
@@ -670,13 +734,26 @@ class WorkOperations:
                 raise UnknownTask(key, task_id, suggest(task_id, open_ids))
         refusals, warnings = self._reassign_check(record, compiled, actor, facts)
         if refusals:
+            message = "; ".join(r.message for r in refusals)
+            notice = self._notifications.build(
+                to=["manager"],
+                subject=f"Reassigning {key} to {to_owner} was refused",
+                body=f"{actor.id} asked to hand {key} from {record.owner} to {to_owner}: "
+                f"{message}",
+                channels=(),
+                owner=record.owner,
+                instance_key=key,
+                event="reassign_refused",
+                at=self.clock.now(),
+            )
             self._record_refusal(
                 record,
                 actor,
                 "reassign",
                 "refused",
-                "; ".join(r.message for r in refusals),
+                message,
                 {"to_owner": to_owner, "refusals": [r.as_dict() for r in refusals]},
+                outbox=notice,
             )
             return FireResult(
                 ok=False,
@@ -687,7 +764,7 @@ class WorkOperations:
                 version=record.version,
                 refusals=tuple(refusals),
                 warnings=tuple(warnings),
-                effects={"notifications": self._reassign_notices(record, to_owner, False)},
+                effects={"notifications": summarize(notice)},
             )
         old = record.owner
         now = self.clock.now()
@@ -697,12 +774,23 @@ class WorkOperations:
             if t.assignee is not None and t.assignee == old and t.id not in keep
         ]
         kept = [t.id for t in unfinished(tasks) if t.id in keep and t.assignee == old]
-        notices = self._reassign_notices(record, to_owner, True)
+        moved_text = ", ".join(t.id for t in moved) or "none"
+        notices = self._notifications.build(
+            to=[f"user:{old}", f"user:{to_owner}", "manager"] if old else [f"user:{to_owner}"],
+            subject=f"{key} moved from {old} to {to_owner}",
+            body=f"Decided by {actor.id}. {reason}\nTasks moved: {moved_text}. "
+            f"Tasks kept by {old}: {', '.join(kept) or 'none'}.",
+            channels=(),
+            owner=old,
+            instance_key=key,
+            event="reassign",
+            at=now,
+        )
         effects: dict[str, Any] = {
             "owner_changed": [old, to_owner],
             "tasks_moved": [t.id for t in moved],
             "tasks_kept": kept,
-            "notifications": notices,
+            "notifications": summarize(notices),
         }
         result = FireResult(
             ok=True,
@@ -729,6 +817,9 @@ class WorkOperations:
                 },
                 tasks=moved,
                 owner=to_owner,
+                existing=tasks,
+                event="reassigned",
+                outbox=notices,
                 idempotency=(
                     (idempotency_key, result.as_dict()) if idempotency_key is not None else None
                 ),
@@ -739,10 +830,6 @@ class WorkOperations:
                 if earlier is not None:
                     return self._replay(earlier, key, "reassign", idempotency_key)
             raise
-        for notice in notices:
-            notify_log.info(
-                "notify %s: %s", notice["to"], notice["subject"], extra={"crmflow_key": key}
-            )
         return result
 
     def _check_reassign_role(
@@ -789,26 +876,6 @@ class WorkOperations:
                 f"{to_owner!r}; use a new key per command"
             )
         return result
-
-    @staticmethod
-    def _reassign_notices(
-        record: InstanceRecord, to_owner: str, done: bool
-    ) -> list[dict[str, str]]:
-        old = record.owner or "unowned"
-        if not done:
-            return [
-                {
-                    "to": f"manager:{old}",
-                    "subject": f"Reassigning {record.key} to {to_owner} was refused",
-                    "event": "reassign_refused",
-                }
-            ]
-        subject = f"{record.key} moved from {old} to {to_owner}"
-        return [
-            {"to": f"user:{old}", "subject": subject, "event": "reassign"},
-            {"to": f"user:{to_owner}", "subject": subject, "event": "reassign"},
-            {"to": f"manager:{old}", "subject": subject, "event": "reassign"},
-        ]
 
 
 def _find(key: str, task_id: str, tasks: Sequence[Task]) -> Task:

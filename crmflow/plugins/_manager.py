@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pluggy
 
 from crmflow._errors import PluginError
-from crmflow.plugins import hookspecs, memory_storage, sql_storage
+from crmflow.plugins import directory, hookspecs, memory_storage, sql_storage
 
 __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager"]
 
@@ -20,6 +20,7 @@ __all__ = ["BUILTIN_PLUGINS", "make_plugin_manager"]
 BUILTIN_PLUGINS: dict[str, object] = {
     "sql_storage": sql_storage,
     "memory_storage": memory_storage,
+    "reports": directory,
 }
 
 

@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from crmflow._types import FireResult, TransitionContext
     from crmflow.plugins._storage_api import Storage, StorageTx
+    from crmflow.plugins.notifiers import Channel
+    from crmflow.plugins.org_directory import Recipient
     from crmflow.rules import FunctionSpec
 
 PROJECT_NAME = "crmflow"
@@ -142,13 +146,68 @@ def crmflow_known_actions() -> Sequence[str] | None:
     """
 
 
+# ---------------------------------------------------------------------------------------------
+# Notifications
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def crmflow_resolve_recipients(
+    spec: str, owner: str | None, at: datetime, instance_key: str | None
+) -> Sequence[Recipient] | None:
+    """Say who receives a notification addressed to ``spec``; *first result wins*.
+
+    The built-in implementation is the YAML org directory (``Engine(org=...)``); a host with
+    its own user directory implements this hook instead.
+
+    :param spec: ``owner``, ``manager``, ``role:NAME``, ``user:ID`` or ``unit:PATH``.
+    :param owner: the owner of the instance the notification is about (``None`` for a
+        personal reminder).
+    :param at: the engine clock's now, for delegations in effect at that moment.
+    :param instance_key: the instance, or ``None``.
+    :return: :class:`~crmflow.plugins.org_directory.Recipient` items (an empty sequence when
+        nobody holds the spec), or ``None`` to let another plugin answer.
+    """
+
+
+@hookspec
+def crmflow_notification_channels() -> Sequence[Channel] | None:
+    """Channels this plugin delivers notifications on (e-mail, webhook, SMS ...).
+
+    Called once when the engine starts; all results are collected. A channel has a ``name``
+    (what YAML's ``channels:`` refers to), ``deliver(message)`` raising
+    :class:`~crmflow.plugins.notifiers.DeliveryError` on failure, and ``close()``.
+    """
+
+
+@hookspec(firstresult=True)
+def crmflow_render_report(
+    report: str, params: Mapping[str, Any], engine: Any, user: str, at: datetime
+) -> tuple[str, str] | None:
+    """Render a subscribed report as ``(subject, body)``; *first result wins*.
+
+    The built-in ``instances_by_state`` report lists the instances of ``params["workflow"]``
+    by state.
+
+    :param report: the report's name, as given to ``Engine.subscribe``.
+    :param params: the subscription's parameters.
+    :param engine: the engine (read what the report needs through its public API).
+    :param user: the subscriber.
+    :param at: the engine clock's now.
+    :return: the subject and body, or ``None`` when this plugin does not know the report.
+    """
+
+
 __all__ = [
     "PROJECT_NAME",
     "crmflow_after_fire",
     "crmflow_before_commit",
     "crmflow_known_actions",
+    "crmflow_notification_channels",
     "crmflow_open_storage",
     "crmflow_provide_facts",
+    "crmflow_render_report",
+    "crmflow_resolve_recipients",
     "crmflow_rule_functions",
     "crmflow_run_action",
     "hookimpl",

@@ -50,7 +50,12 @@ def render_value(value: Any) -> str:
         if value == value.to_integral_value():
             return f"{int(value):,}"
         return f"{value:,f}"
-    if isinstance(value, _dt.datetime | _dt.date):
+    if isinstance(value, _dt.datetime):
+        # Evaluation holds moments as naive UTC; say so rather than print a bare clock time.
+        moment = value if value.tzinfo is None else value.astimezone(_dt.UTC)
+        shown = f"{moment:%Y-%m-%d %H:%M:%S}" if moment.second else f"{moment:%Y-%m-%d %H:%M}"
+        return f"{shown} UTC"
+    if isinstance(value, _dt.date):
         return value.isoformat()
     if isinstance(value, list):
         return ", ".join(render_value(v) for v in value)

@@ -1,0 +1,398 @@
+"""The outbox end to end: real SMTP and HTTP servers on loopback, retries, dead letters, hooks.
+
+A notification is written in the change's transaction and delivered by ``tick`` through its
+channel; a channel that is down leaves it pending with its attempts counted, and it is
+delivered once when the channel is back, or marked dead after the last attempt.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crmflow import Engine, VirtualClock, hookimpl
+from crmflow.plugins.notifiers import (
+    DeliveryError,
+    OutgoingMessage,
+    RetryPolicy,
+    SmtpChannel,
+    WebhookChannel,
+    verify_signature,
+)
+from crmflow.plugins.org_directory import Recipient
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+ORG = ROOT / "examples" / "org.yaml"
+START = datetime(2026, 1, 5, 1, 0, tzinfo=UTC)
+
+aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
+
+
+class Mailbox:
+    """aiosmtpd handler keeping every accepted message."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, email.message.EmailMessage)
+        self.messages.append(parsed)
+        return "250 Message accepted"
+
+
+class _Controller(aiosmtpd_controller.Controller):  # type: ignore[misc,name-defined]
+    def _trigger_server(self) -> None:
+        # With port 0 the real port is known only once the server is bound.
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+class SmtpServer:
+    """A loopback SMTP server that can be stopped and started again on the same port."""
+
+    def __init__(self) -> None:
+        self.mailbox = Mailbox()
+        self.port = 0
+        self.controller: Any = None
+
+    def start(self) -> None:
+        self.controller = _Controller(
+            self.mailbox, hostname="127.0.0.1", port=self.port, server_hostname="localhost"
+        )
+        self.controller.start()
+        self.port = int(self.controller.port)
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _engine(store_url: str, clock: VirtualClock, **options: Any) -> Engine:
+    return Engine.from_path(
+        WORKFLOWS, store=store_url, clock=clock, org=ORG, load_entry_points=False, **options
+    )
+
+
+def _remind(engine: Engine, user: str = "alice", channels: Sequence[str] = ("email",)) -> str:
+    engine.add_reminder(user, message="Quarterly review at 15:00", at=START, channels=channels)
+    engine.tick(deliver=False)
+    (row,) = engine.notifications(recipient=user)
+    return row.id
+
+
+# -- E1/E3: SMTP, retries, dead letters -----------------------------------------------------
+
+
+def test_email_reaches_a_real_smtp_server(store_url: str, smtp: SmtpServer) -> None:
+    clock = VirtualClock(START)
+    channel = SmtpChannel("127.0.0.1", smtp.port, sender="crm@acme-trading.example")
+    with _engine(store_url, clock, channels=[channel]) as engine:
+        row_id = _remind(engine)
+        report = engine.tick()
+        assert report.delivered == 1
+        (message,) = smtp.mailbox.messages
+        assert message["To"] == "alice.chen@acme-trading.example"
+        assert message["Subject"] == "Quarterly review at 15:00"
+        row = engine.store.get_outbox(row_id)
+        assert row is not None
+        assert (row.status, row.attempts, row.delivered_at) == ("delivered", 1, START)
+
+
+def test_a_down_mail_server_keeps_the_message_pending_then_delivers_it_once(
+    store_url: str, smtp: SmtpServer
+) -> None:
+    clock = VirtualClock(START)
+    channel = SmtpChannel(
+        "127.0.0.1", smtp.port, sender="crm@acme-trading.example", timeout=2.0
+    )
+    retry = RetryPolicy(max_attempts=5, base=timedelta(minutes=1), jitter=False)
+    with _engine(store_url, clock, channels=[channel], retry=retry) as engine:
+        smtp.stop()
+        row_id = _remind(engine)
+        assert engine.tick().retrying == 1
+        row = engine.store.get_outbox(row_id)
+        assert row is not None
+        assert (row.status, row.attempts) == ("pending", 1)
+        assert row.last_error
+        assert row.next_attempt_at == START + timedelta(minutes=1)
+        engine.tick()  # not due yet: no second attempt
+        assert engine.store.get_outbox(row_id).attempts == 1  # type: ignore[union-attr]
+        clock.advance("1m")
+        assert engine.tick().retrying == 1
+        row = engine.store.get_outbox(row_id)
+        assert row is not None
+        assert (row.attempts, row.next_attempt_at) == (2, clock.now() + timedelta(minutes=2))
+        smtp.start()
+        clock.advance("2m")
+        assert engine.tick().delivered == 1
+        clock.advance("1h")
+        engine.tick()
+        assert len(smtp.mailbox.messages) == 1
+        row = engine.store.get_outbox(row_id)
+        assert row is not None
+        assert (row.status, row.attempts) == ("delivered", 3)
+
+
+def test_after_the_last_attempt_a_notification_is_dead_and_listed(
+    store_url: str, smtp: SmtpServer
+) -> None:
+    clock = VirtualClock(START)
+    smtp.stop()
+    channel = SmtpChannel("127.0.0.1", smtp.port, sender="crm@acme-trading.example")
+    retry = RetryPolicy(max_attempts=3, base=timedelta(seconds=30), jitter=False)
+    with _engine(store_url, clock, channels=[channel], retry=retry) as engine:
+        row_id = _remind(engine)
+        outcomes = []
+        for _ in range(3):
+            report = engine.tick()
+            outcomes.append((report.retrying, report.dead))
+            clock.advance("10m")
+        assert outcomes == [(1, 0), (1, 0), (0, 1)]
+        (dead,) = engine.notifications(status="dead")
+        assert (dead.id, dead.attempts, dead.recipient) == (row_id, 3, "alice")
+        assert dead.last_error
+        assert engine.tick().idle  # nothing is retried after that
+
+
+def test_a_recipient_without_an_address_is_dead_at_once(store_url: str, smtp: SmtpServer) -> None:
+    clock = VirtualClock(START)
+    channel = SmtpChannel("127.0.0.1", smtp.port, sender="crm@acme-trading.example")
+    # Without an org directory nobody has an e-mail address.
+    with Engine.from_path(
+        WORKFLOWS, store=store_url, clock=clock, channels=[channel], load_entry_points=False
+    ) as engine:
+        row_id = _remind(engine)
+        assert engine.tick().dead == 1
+        row = engine.store.get_outbox(row_id)
+        assert row is not None and row.status == "dead" and row.attempts == 1
+
+
+# -- E1: webhook ----------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    requests: list[Received] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Any
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.receiver.requests.append(Received(dict(self.headers.items()), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, Receiver]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.receiver = Receiver()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield f"http://{host!s}:{port}/crm-events", server.receiver  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_webhook_receives_a_signed_post(
+    store_url: str, receiver: tuple[str, Receiver]
+) -> None:
+    url, received = receiver
+    clock = VirtualClock(START)
+    channel = WebhookChannel(url, secret="s3cret")
+    with _engine(store_url, clock, channels=[channel]) as engine:
+        row_id = _remind(engine, channels=["webhook"])
+        assert engine.tick().delivered == 1
+    (request,) = received.requests
+    assert verify_signature(
+        "s3cret",
+        request.body,
+        request.headers["X-Crmflow-Timestamp"],
+        request.headers["X-Crmflow-Signature"],
+    )
+    assert not verify_signature(
+        "wrong", request.body, request.headers["X-Crmflow-Timestamp"],
+        request.headers["X-Crmflow-Signature"],
+    )
+    assert request.headers["X-Crmflow-Delivery"] == row_id
+    assert b"Quarterly review" in request.body
+
+
+# -- channels and recipients from plugins ----------------------------------------------------
+
+
+class Pager:
+    """A channel that fails the first time, then records what it delivers."""
+
+    name = "pager"
+
+    def __init__(self) -> None:
+        self.delivered: list[OutgoingMessage] = []
+        self.calls = 0
+
+    def deliver(self, message: OutgoingMessage) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("pager gateway crashed")
+        self.delivered.append(message)
+
+    def close(self) -> None:
+        pass
+
+
+class PagerPlugin:
+    def __init__(self, pager: Pager) -> None:
+        self.pager = pager
+
+    @hookimpl
+    def crmflow_notification_channels(self) -> Sequence[Pager]:
+        return [self.pager]
+
+
+class OnCallDirectory:
+    """The host's own directory: 'manager' is whoever is on call."""
+
+    @hookimpl
+    def crmflow_resolve_recipients(
+        self, spec: str, owner: str | None, at: datetime
+    ) -> Sequence[Recipient] | None:
+        if spec != "manager":
+            return None
+        return [
+            Recipient(
+                user="oncall",
+                intended="oncall",
+                delegated=False,
+                reason="",
+                email=None,
+                timezone=None,
+                spec=spec,
+            )
+        ]
+
+
+class WeeklyNumbers:
+    @hookimpl
+    def crmflow_render_report(
+        self, report: str, params: Mapping[str, Any], user: str
+    ) -> tuple[str, str] | None:
+        if report != "weekly_numbers":
+            return None
+        return f"Numbers for {user}", f"target {params['target']}"
+
+
+def test_a_channel_that_raises_never_loses_the_message_or_blocks_others(
+    store_url: str,
+) -> None:
+    clock = VirtualClock(START)
+    pager = Pager()
+    retry = RetryPolicy(max_attempts=3, base=timedelta(seconds=10), jitter=False)
+    with _engine(store_url, clock, plugins=[PagerPlugin(pager)], retry=retry) as engine:
+        engine.add_reminder("alice", message="Call back", at=START, channels=["pager", "inbox"])
+        report = engine.tick()
+        assert (report.delivered, report.retrying) == (1, 1)  # the inbox got through
+        clock.advance("10s")
+        assert engine.tick().delivered == 1
+        (message,) = pager.delivered
+        assert (message.recipient, message.attempt) == ("alice", 2)
+
+
+def test_recipients_can_come_from_the_hosts_directory(store_url: str) -> None:
+    clock = VirtualClock(START)
+    with Engine.from_path(
+        WORKFLOWS,
+        store=store_url,
+        clock=clock,
+        plugins=[OnCallDirectory()],
+        load_entry_points=False,
+    ) as engine:
+        engine.start(
+            "deal", "D-1", actor=_rep(), data={"company": "Hangzhou Tea Co."}
+        )
+        result = engine.fire("D-1", "qualify", actor=_rep())
+        assert [n["to"] for n in result.effects["notifications"]] == ["oncall"]
+
+
+def test_a_subscription_sends_its_report_at_its_time_until_cancelled(store_url: str) -> None:
+    clock = VirtualClock(START)
+    with _engine(store_url, clock, plugins=[WeeklyNumbers()]) as engine:
+        engine.start("deal", "D-1", actor=_rep(), data={"company": "Hangzhou Tea Co."})
+        daily = engine.subscribe(
+            "sam",
+            "instances_by_state",
+            cron="0 17 * * *",
+            params={"workflow": "deal"},
+            timezone="Asia/Shanghai",
+        )
+        weekly = engine.subscribe(
+            "sam", "weekly_numbers", cron="0 9 * * 1", params={"target": 12}, timezone="UTC"
+        )
+        clock.set(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))  # 17:00 in Shanghai, 09:00 UTC
+        engine.tick()
+        subjects = sorted(n.subject for n in engine.inbox("sam"))
+        assert subjects[0] == "Numbers for sam"
+        assert subjects[1].startswith("deal: 1 instances by state")
+        report = next(n for n in engine.inbox("sam") if n.subject.startswith("deal"))
+        assert report.body == "lead: 1 (D-1)"
+        assert engine.cancel_timer(daily.id)
+        clock.advance("1d")
+        engine.tick()
+        assert len(engine.inbox("sam")) == 2
+        assert engine.timers(owner="sam") == [
+            t for t in engine.timers(owner="sam") if t.id == weekly.id
+        ]
+
+
+def test_an_unresolvable_recipient_is_kept_as_dead_with_the_reason(store_url: str) -> None:
+    clock = VirtualClock(START)
+    with Engine.from_path(WORKFLOWS, store=store_url, clock=clock, load_entry_points=False) as e:
+        e.start("deal", "D-1", actor=_rep(), data={"company": "Hangzhou Tea Co."})
+        result = e.fire("D-1", "qualify", actor=_rep())
+        (notice,) = result.effects["notifications"]
+        assert notice["status"] == "dead"
+        assert "without an org directory" in notice["error"]
+        (row,) = e.notifications(status="dead")
+        assert row.recipient == "manager"
+
+
+def _rep() -> Any:
+    from crmflow import Actor
+
+    return Actor("alice", roles={"sales_rep"})
+
+
+def test_delivery_errors_keep_the_channels_classification() -> None:
+    error = DeliveryError("mailbox full", channel="email", retryable=False)
+    assert not error.retryable
