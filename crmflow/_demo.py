@@ -68,6 +68,9 @@ def _explain(result: FireResult) -> None:
                 print(f"                    who may approve anyway: {', '.join(r.override_roles)}")
     for w in result.warnings:
         print(f"                  note ({w.rule}): {w.message}")
+    for notice in result.effects.get("notifications", ()):
+        via = f" (for {notice['intended']})" if notice.get("intended") else ""
+        print(f"                  tells {notice['to']}{via}: {notice['subject']}")
 
 
 def run_demo(db: Path, workflows: Path) -> int:
@@ -85,8 +88,14 @@ def run_demo(db: Path, workflows: Path) -> int:
             },
         }
     )
+    org = workflows.parent / "examples" / "org.yaml"
     with Engine.from_path(
-        workflows, store=f"sqlite:///{db}", clock=clock, plugins=[erp], load_entry_points=False
+        workflows,
+        store=f"sqlite:///{db}",
+        clock=clock,
+        plugins=[erp],
+        load_entry_points=False,
+        org=org if org.is_file() else None,
     ) as engine:
         print(
             f"crmflow demo: sales order SO-1001 on {db} (rules back end: {engine.rules_backend})\n"
