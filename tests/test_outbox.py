@@ -122,9 +122,7 @@ def test_a_down_mail_server_keeps_the_message_pending_then_delivers_it_once(
     store_url: str, smtp: SmtpServer
 ) -> None:
     clock = VirtualClock(START)
-    channel = SmtpChannel(
-        "127.0.0.1", smtp.port, sender="crm@acme-trading.example", timeout=2.0
-    )
+    channel = SmtpChannel("127.0.0.1", smtp.port, sender="crm@acme-trading.example", timeout=2.0)
     retry = RetryPolicy(max_attempts=5, base=timedelta(minutes=1), jitter=False)
     with _engine(store_url, clock, channels=[channel], retry=retry) as engine:
         smtp.stop()
@@ -226,9 +224,7 @@ def receiver() -> Iterator[tuple[str, Receiver]]:
     server.server_close()
 
 
-def test_a_webhook_receives_a_signed_post(
-    store_url: str, receiver: tuple[str, Receiver]
-) -> None:
+def test_a_webhook_receives_a_signed_post(store_url: str, receiver: tuple[str, Receiver]) -> None:
     url, received = receiver
     clock = VirtualClock(START)
     channel = WebhookChannel(url, secret="s3cret")
@@ -243,7 +239,9 @@ def test_a_webhook_receives_a_signed_post(
         request.headers["X-Crmflow-Signature"],
     )
     assert not verify_signature(
-        "wrong", request.body, request.headers["X-Crmflow-Timestamp"],
+        "wrong",
+        request.body,
+        request.headers["X-Crmflow-Timestamp"],
         request.headers["X-Crmflow-Signature"],
     )
     assert request.headers["X-Crmflow-Delivery"] == row_id
@@ -338,9 +336,7 @@ def test_recipients_can_come_from_the_hosts_directory(store_url: str) -> None:
         plugins=[OnCallDirectory()],
         load_entry_points=False,
     ) as engine:
-        engine.start(
-            "deal", "D-1", actor=_rep(), data={"company": "Hangzhou Tea Co."}
-        )
+        engine.start("deal", "D-1", actor=_rep(), data={"company": "Hangzhou Tea Co."})
         result = engine.fire("D-1", "qualify", actor=_rep())
         assert [n["to"] for n in result.effects["notifications"]] == ["oncall"]
 

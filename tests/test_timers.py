@@ -374,3 +374,22 @@ def test_the_inbox_lists_marks_read_and_checks_the_reader(engine: Engine) -> Non
     assert engine.inbox("quinn", unread=True) == []
     with pytest.raises(Exception, match="not addressed"):
         engine.mark_read(message.id, user="cora")
+
+
+def test_tasks_for_someone_away_go_to_their_proxy(engine: Engine, clock: VirtualClock) -> None:
+    clock.set(at(3, 10, month=3))  # alice delegates to bob until 6 March 18:00
+    engine.start("onboarding", "C-9", actor=ALICE, data={"company": "Wuxi Steel"})
+    engine.fire("C-9", "start_confirmation", actor=ALICE)
+    terms = engine.task("C-9", "payment_terms")
+    assert terms.assignee == "bob"
+    assert terms.note.startswith("delegated: alice delegates to bob")
+    assert engine.task("C-9", "invoice_details").assignee is None  # held by finance
+    # Bob may work on it; after the delegation new tasks are alice's again.
+    assert engine.complete_task("C-9", "payment_terms", actor=Actor("bob", "sales_rep")).ok
+
+
+def test_a_reminder_follows_the_users_own_time_zone(engine: Engine, clock: VirtualClock) -> None:
+    clock.set(at(11, 12))
+    # wes works in Hamburg (examples/org.yaml): Monday 10:00 there is 17:00 in Shanghai.
+    reminder = engine.add_reminder("wes", message="Export meeting", cron="0 10 * * 1")
+    assert reminder.due_at == at(12, 17)

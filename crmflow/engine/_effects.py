@@ -11,7 +11,7 @@ checklists, timers and automations pay for none of it.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -191,4 +191,21 @@ def plan_side_effects(
         effects.timers.extend(outcome.timers)
         effects.data.update(outcome.data)
         effects.automations.extend(outcome.ran)
+    if effects.tasks_opened or effects.tasks_other:
+        effects.tasks_opened = _delegate(effects.tasks_opened, factory, now)
+        effects.tasks_other = _delegate(effects.tasks_other, factory, now)
     return effects
+
+
+def _delegate(tasks: list[Task], factory: NotificationFactory, now: datetime) -> list[Task]:
+    """Tasks for someone away go to their proxy while the delegation lasts (noted on the task)."""
+    result: list[Task] = []
+    for task in tasks:
+        if task.assignee is None:
+            result.append(task)
+            continue
+        found = factory.resolve(f"user:{task.assignee}", owner=None, at=now, instance_key=task.key)
+        if isinstance(found, list) and len(found) == 1 and found[0].delegated:
+            task = replace(task, assignee=found[0].user, note=f"delegated: {found[0].reason}")
+        result.append(task)
+    return result

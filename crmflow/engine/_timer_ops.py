@@ -340,7 +340,7 @@ class TimerOperations:
         cron: str | None = None,
         at: datetime | None = None,
         repeat_every: str | timedelta | None = None,
-        timezone: str = "UTC",
+        timezone: str | None = None,
         working_time: bool = False,
         channels: Sequence[str] = (),
         name: str | None = None,
@@ -348,9 +348,11 @@ class TimerOperations:
         """Remind ``user`` of ``message``: once ``at`` a moment, or on a ``cron`` schedule.
 
         ``cron`` is a five-field expression read in ``timezone`` (``0 10 * * 1``: Mondays at
-        10:00 local time). ``repeat_every`` (``"30m"``) repeats each occurrence until the user
-        acknowledges it (:meth:`acknowledge`). With ``working_time`` a reminder due outside
-        the business calendar's hours is deferred to the next working moment, never skipped.
+        10:00 local time); the default is the user's time zone in the org directory, else
+        the business calendar's, else UTC. ``repeat_every`` (``"30m"``) repeats each
+        occurrence until the user acknowledges it (:meth:`acknowledge`). With
+        ``working_time`` a reminder due outside the business calendar's hours is deferred to
+        the next working moment, never skipped.
         Returns the stored timer; its ``id`` cancels it (:meth:`cancel_timer`).
         """
         if (cron is None) == (at is None):
@@ -363,6 +365,7 @@ class TimerOperations:
             except ValueError as exc:
                 raise InvalidData("cron", str(exc)) from None
         every = parse_duration(repeat_every) if repeat_every is not None else None
+        timezone = timezone or self._user_zone(user)
         now = self.clock.now()
         if cron is not None:
             first = next_occurrence(cron, now - timedelta(microseconds=1), timezone)
@@ -384,6 +387,17 @@ class TimerOperations:
             "reminder", name or f"reminder-{uuid.uuid4().hex[:8]}", user, first, payload
         )
 
+    def _user_zone(self, user: str) -> str:
+        org = getattr(self, "org", None)
+        if org is not None:
+            try:
+                zone = org.user(user).timezone
+            except CrmflowError:
+                zone = None
+            if zone:
+                return str(zone)
+        return self.calendar.timezone if self.calendar is not None else "UTC"
+
     def subscribe(
         self,
         user: str,
@@ -391,7 +405,7 @@ class TimerOperations:
         *,
         cron: str,
         params: Mapping[str, Any] | None = None,
-        timezone: str = "UTC",
+        timezone: str | None = None,
         channels: Sequence[str] = (),
         name: str | None = None,
     ) -> TimerRecord:
@@ -405,6 +419,7 @@ class TimerOperations:
             validate_cron(cron)
         except ValueError as exc:
             raise InvalidData("cron", str(exc)) from None
+        timezone = timezone or self._user_zone(user)
         first = next_occurrence(cron, self.clock.now(), timezone)
         payload = {
             "report": report,
