@@ -1,10 +1,18 @@
-"""The benchmark runs end to end (a short version; timings are printed, never asserted)."""
+"""The benchmarks run end to end (short versions; timings are printed, never asserted)."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from crmflow import Engine
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fire.py"
 
@@ -20,3 +28,81 @@ def test_fire_benchmark_runs_and_prints_ratios() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("ratio") >= 4
     assert "raw transitions" in proc.stdout and "raw sqlite3" in proc.stdout
+
+
+TICK_BENCH = BENCH.parent / "bench_tick.py"
+
+
+@pytest.fixture(scope="module")
+def bench_tick() -> Iterator[ModuleType]:
+    """``benchmarks/bench_tick.py`` imported as a module (the directory is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_tick", TICK_BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def _rates_ok(values: list[float], count: int) -> None:
+    assert len(values) == count
+    assert all(math.isfinite(v) and v > 0 for v in values), values
+
+
+def test_tick_benchmark_fires_every_timer_once(
+    bench_tick: ModuleType, sql_store_url: str, tmp_path: Path
+) -> None:
+    timers, rounds = 200, 2
+    result = bench_tick.measure_throughput(sql_store_url, timers, rounds)
+    assert result.timers == timers
+    for rates in (result.raw, result.deliver, result.no_deliver):
+        _rates_ok(rates, rounds)
+
+    # Two ticks a round (with and without delivery), each firing its own batch.
+    expected = 2 * timers * rounds
+    with Engine([], store=sql_store_url, load_entry_points=False) as engine:
+        fired = engine.store.timers(statuses={"fired"})
+        assert len(fired) == expected
+        assert {t.fire_count for t in fired} == {1}
+        assert {t.kind for t in fired} == {"reminder"}
+        assert engine.store.count_timers(statuses={"pending"}) == 0
+        rows = engine.store.outbox()
+        assert len(rows) == expected
+        assert sorted(r.timer_id or "" for r in rows) == sorted(t.id for t in fired)
+        assert {(r.channel, r.status) for r in rows} == {("inbox", "delivered")}
+
+    # Ticks that find nothing due: one store without timers, one with 20,000 not due.
+    if sql_store_url.startswith("sqlite"):
+        empty, loaded = (f"sqlite:///{tmp_path / name}" for name in ("empty.db", "loaded.db"))
+    else:
+        empty, loaded = (
+            bench_tick.postgres_schema(sql_store_url, name) for name in ("idle_a", "idle_b")
+        )
+    pending = 20_000
+    idle = bench_tick.measure_not_due(empty, loaded, pending, 0.2, 2)
+    assert idle.pending == pending
+    assert math.isfinite(idle.fill_seconds) and idle.fill_seconds > 0
+    assert idle.empty and idle.loaded
+    assert all(math.isfinite(s) and s > 0 for s in idle.empty + idle.loaded)
+    with Engine([], store=loaded, load_entry_points=False) as engine:
+        assert engine.store.count_timers(statuses={"pending"}) == pending
+    with Engine([], store=empty, load_entry_points=False) as engine:
+        assert engine.store.count_timers() == 0
+
+
+def test_tick_benchmark_runs_and_prints_ratios() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TICK_BENCH),
+            *("--timers", "50", "--rounds", "2", "--seconds", "0.1", "--pending", "2000"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ratio") == 3
+    assert "raw sqlite3" in proc.stdout and "2,000 pending, not due" in proc.stdout
