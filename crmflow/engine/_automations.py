@@ -68,6 +68,8 @@ class AutomationOutcome:
     tasks: list[Task] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     timers: list[TimerRecord] = field(default_factory=list)
+    #: Names of started timers whose earlier pending copy is replaced (restarted, not doubled).
+    restarted: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
 
 
@@ -204,6 +206,7 @@ def run_automations(
             elif action.kind == "start_timer":
                 assert action.timer is not None
                 due = due_time(action.timer, calendar or ALWAYS, data=facts, now=now)
+                outcome.restarted.append(automation_timer_name(action.timer, state))
                 if due is not None:
                     outcome.timers.append(
                         replace(

@@ -99,6 +99,16 @@ def _check_reserved(defn: WorkflowDef) -> None:
                 hint=f"rename it; the engine provides {', '.join(sorted(RESERVED_NAMES))}",
             )
     for namespace in defn.facts:
+        if namespace in defn.fields:
+            pos = defn.positions.get("facts", defn.pos)
+            raise DefinitionError(
+                f"{namespace!r} is both a field and a fact namespace",
+                source=pos.source or defn.source,
+                line=pos.line,
+                column=pos.column,
+                path=f"facts.{namespace}",
+                hint="a rule could not tell which one a name means; rename one of them",
+            )
         if namespace in RESERVED_NAMES:
             pos = defn.positions.get("facts", defn.pos)
             raise DefinitionError(

@@ -189,6 +189,7 @@ def plan_side_effects(
         effects.outbox.extend(outcome.outbox)
         effects.tasks_other.extend(outcome.tasks)
         effects.timers.extend(outcome.timers)
+        effects.timers_cancelled.extend(outcome.restarted)
         effects.data.update(outcome.data)
         effects.automations.extend(outcome.ran)
     if effects.tasks_opened or effects.tasks_other:

@@ -209,6 +209,12 @@ class NotificationFactory:
         seen: set[tuple[str, str]] = set()
         for spec in to:
             resolved = self.resolve(spec, owner=owner, at=at, instance_key=instance_key)
+            if not resolved:
+                resolved = (
+                    f"nobody receives {spec!r}"
+                    + (f" for {owner}" if owner else "")
+                    + " (no active user holds it)"
+                )
             if isinstance(resolved, str):
                 rows.append(
                     self._row(
@@ -242,7 +248,9 @@ class NotificationFactory:
                             channel=channel,
                             recipient=recipient.user,
                             intended=recipient.intended,
-                            address=(recipient.email or "") if channel == "email" else "",
+                            # Channels pick what they need: an e-mail channel the address,
+                            # a webhook ignores anything that is not a URL.
+                            address=recipient.email or "",
                             subject=subject,
                             body=body,
                             instance_key=instance_key,

@@ -37,10 +37,17 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crmflow._clock import parse_duration
-from crmflow._errors import ConcurrencyConflict, CrmflowError, InvalidData, UnknownTrigger
+from crmflow._errors import (
+    ConcurrencyConflict,
+    CrmflowError,
+    InvalidData,
+    MissingFact,
+    PluginError,
+    UnknownTrigger,
+)
 from crmflow._types import Actor, FireResult
 from crmflow.engine._automations import render
-from crmflow.engine._calendar import ALWAYS
+from crmflow.engine._calendar import ALWAYS, zone_info
 from crmflow.engine._cron import (
     missed_occurrence,
     next_occurrence,
@@ -52,6 +59,7 @@ from crmflow.engine._model import TimerDef
 from crmflow.engine._notify import CompiledNotify
 from crmflow.plugins._storage_api import OutboxRecord, StorageTx, TimerRecord
 from crmflow.plugins.notifiers import DeliveryError, OutgoingMessage
+from crmflow.rules import RuleEvaluationError
 
 if TYPE_CHECKING:
     import pluggy
@@ -80,8 +88,8 @@ class TickReport:
     ``fired`` counts timers that ran (their trigger fired or their notification went out),
     ``refused`` timers whose trigger a rule refused (recorded in the history), ``skipped``
     timers with nothing left to do (their instance is gone or the trigger no longer applies),
-    ``lost`` timers another worker finished first. ``delivered``, ``retrying`` and ``dead``
-    count outbox deliveries.
+    ``lost`` timers another worker finished first, ``failed`` timers that raised (they are
+    tried again). ``delivered``, ``retrying`` and ``dead`` count outbox deliveries.
     """
 
     fired: int = 0
@@ -91,6 +99,7 @@ class TickReport:
     delivered: int = 0
     retrying: int = 0
     dead: int = 0
+    failed: int = 0
 
     def __add__(self, other: TickReport) -> TickReport:
         """Field-wise sum (a worker adds up its ticks)."""
@@ -106,6 +115,7 @@ class TickReport:
             self.delivered,
             self.retrying,
             self.dead,
+            self.failed,
         )
 
     @property
@@ -151,6 +161,18 @@ class TimerOperations:
             extra_outbox: Sequence[OutboxRecord] = (),
             event: str | None = None,
         ) -> FireResult: ...
+        def _record_refusal(
+            self,
+            record: InstanceRecord,
+            actor: Actor,
+            trigger: str,
+            kind: str,
+            reason: str,
+            details: Mapping[str, Any],
+            *,
+            in_tx: Callable[[StorageTx], None] | None = None,
+            outbox: Sequence[OutboxRecord] = (),
+        ) -> None: ...
         def _write_change(
             self,
             record: InstanceRecord,
@@ -218,6 +240,12 @@ class TimerOperations:
             # A host changed the instance meanwhile: try again at the next tick.
             self.store.release_timer(timer.id, worker)
             return TickReport()
+        except Exception:
+            # One broken timer must not stop the others or the outbox: it is handed back and
+            # tried again (its lease is released, so the next tick sees it at once).
+            log.exception("timer %s (%s) failed; it will be tried again", timer.id, timer.name)
+            self.store.release_timer(timer.id, worker)
+            return TickReport(failed=1)
 
     def _finisher(
         self,
@@ -316,6 +344,20 @@ class TimerOperations:
                 log.warning("timer %s: %s cannot fire from %s", name, tdef.fire, record.state)
                 self._finish_alone(timer, worker, now)
                 return TickReport(skipped=1)
+            except (MissingFact, InvalidData, PluginError, RuleEvaluationError) as exc:
+                # Nobody can supply what the rules need at this hour: record it as a refusal
+                # (with the notification, which still goes out) instead of retrying forever.
+                self._record_refusal(
+                    record,
+                    actor,
+                    tdef.fire,
+                    "refused",
+                    f"timer {name} could not fire {tdef.fire}: {exc}",
+                    {"timer": name},
+                    in_tx=finish,
+                    outbox=outbox,
+                )
+                return TickReport(refused=1)
             return TickReport(fired=1) if result.ok else TickReport(refused=1)
         self._write_change(
             record,
@@ -364,8 +406,11 @@ class TimerOperations:
                 validate_cron(cron)
             except ValueError as exc:
                 raise InvalidData("cron", str(exc)) from None
-        every = parse_duration(repeat_every) if repeat_every is not None else None
-        timezone = timezone or self._user_zone(user)
+        try:
+            every = parse_duration(repeat_every) if repeat_every is not None else None
+        except ValueError as exc:
+            raise InvalidData("repeat_every", str(exc)) from None
+        timezone = self._zone(timezone or self._user_zone(user))
         now = self.clock.now()
         if cron is not None:
             first = next_occurrence(cron, now - timedelta(microseconds=1), timezone)
@@ -386,6 +431,14 @@ class TimerOperations:
         return self._insert_personal(
             "reminder", name or f"reminder-{uuid.uuid4().hex[:8]}", user, first, payload
         )
+
+    @staticmethod
+    def _zone(name: str) -> str:
+        try:
+            zone_info(name)
+        except ValueError as exc:
+            raise InvalidData("timezone", str(exc)) from None
+        return name
 
     def _user_zone(self, user: str) -> str:
         org = getattr(self, "org", None)
@@ -419,7 +472,9 @@ class TimerOperations:
             validate_cron(cron)
         except ValueError as exc:
             raise InvalidData("cron", str(exc)) from None
-        timezone = timezone or self._user_zone(user)
+        timezone = self._zone(timezone or self._user_zone(user))
+        if self.render_report(report, params or {}, user=user) is None:
+            raise InvalidData("report", f"no plugin renders the report {report!r}")
         first = next_occurrence(cron, self.clock.now(), timezone)
         payload = {
             "report": report,
@@ -477,10 +532,15 @@ class TimerOperations:
             if latest is not None:
                 occurrence = latest
         stamp = occurrence.isoformat()
-        acknowledged = timer.kind == "reminder" and any(
-            row.acknowledged_at is not None
-            for row in self.store.outbox(timer_id=timer.id)
-            if row.metadata.get("occurrence") == stamp
+        # Only a repeating reminder can have been acknowledged in a way that matters here.
+        acknowledged = (
+            timer.kind == "reminder"
+            and every is not None
+            and any(
+                row.acknowledged_at is not None
+                for row in self.store.outbox(timer_id=timer.id)
+                if row.metadata.get("occurrence") == stamp
+            )
         )
         outbox: list[OutboxRecord] = []
         if not acknowledged:
