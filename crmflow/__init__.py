@@ -51,6 +51,7 @@ from crmflow.engine import (
     load_workflow_text,
     mermaid,
 )
+from crmflow.engine._timer_ops import TickReport
 from crmflow.plugins import HistoryRecord, hookimpl
 
 __version__ = "0.1.0"
@@ -83,6 +84,7 @@ __all__ = [
     "SystemClock",
     "Task",
     "TaskOutcome",
+    "TickReport",
     "TransitionContext",
     "TriggerOption",
     "UnknownInstance",

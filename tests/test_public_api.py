@@ -40,6 +40,7 @@ def test_exported_names_are_frozen() -> None:
         "SystemClock",
         "Task",
         "TaskOutcome",
+        "TickReport",
         "TransitionContext",
         "TriggerOption",
         "UnknownInstance",
