@@ -89,3 +89,38 @@ def test_render_svg(deal: WorkflowDef) -> None:
     else:
         assert svg is not None
         assert b"<svg" in svg
+
+
+def test_an_instance_path_is_highlighted_in_dot() -> None:
+    from decimal import Decimal
+
+    from crmflow import Actor, Engine, load_definitions
+    from crmflow.engine._diagram import graphviz_dot, history_path, mermaid
+
+    workflows = Path(__file__).resolve().parent.parent / "workflows"
+    defs = {d.name: d for d in load_definitions(workflows)}
+    deal = defs["deal"]
+    with Engine([deal], load_entry_points=False) as engine:
+        rep = Actor("alice", roles={"sales_rep"})
+        engine.start("deal", "D-1", actor=rep, data={"company": "ACME"})
+        engine.fire("D-1", "qualify", actor=rep, data={"expected_value": Decimal("10")})
+        engine.fire("D-1", "confirm_intent", actor=rep)
+        entries = [
+            (h.from_state, h.to_state, h.trigger)
+            for h in engine.history("D-1")
+            if h.kind in ("start", "transition", "override")
+        ]
+        current = engine.get("D-1").state
+    path, taken = history_path(entries)
+    assert path == ["lead", "opportunity.initial_contact", "opportunity.intent_confirmed"]
+    assert ("lead", "opportunity.initial_contact", "qualify") in taken
+    dot = graphviz_dot(deal, current=current, path=path, taken=taken)
+    node = "s_opportunity_X_intent_confirmed"
+    assert f'{node} [label="intent_confirmed", style="rounded,filled,bold"' in dot
+    assert 's_lead [label="lead", style="rounded,filled"' in dot
+    bold = [line for line in dot.splitlines() if "penwidth" in line]
+    assert len(bold) == 2  # qualify and confirm_intent, not the untaken ones
+    assert any('label="qualify' in line for line in bold)
+    text = mermaid(deal, current=current, path=path)
+    assert f"class {node} current" in text
+    assert "class s_lead visited" in text

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from crmflow.engine._model import STATE_SEPARATOR, TransitionDef, WorkflowDef
 
-__all__ = ["graphviz_dot", "mermaid", "render_svg"]
+__all__ = ["graphviz_dot", "history_path", "mermaid", "render", "render_svg"]
 
 #: Seconds ``dot`` may take before :func:`render_svg` gives up.
 DOT_TIMEOUT = 20.0
@@ -91,12 +91,39 @@ def _dot_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def graphviz_dot(defn: WorkflowDef) -> str:
+def history_path(
+    entries: Sequence[tuple[str, str, str]],
+) -> tuple[list[str], set[tuple[str, str, str]]]:
+    """The states an instance went through and the transitions it took, from its history.
+
+    ``entries`` are ``(from_state, to_state, trigger)`` of the history's state-changing entries
+    in order (the ``start`` entry has an empty ``from_state``). Returns the visited states in
+    order and the set of taken ``(from, to, trigger)`` edges.
+    """
+    visited: list[str] = []
+    taken: set[tuple[str, str, str]] = set()
+    for source, dest, trigger in entries:
+        if dest and (not visited or visited[-1] != dest):
+            visited.append(dest)
+        if source and dest and trigger:
+            taken.add((source, dest, trigger))
+    return visited, taken
+
+
+def graphviz_dot(
+    defn: WorkflowDef,
+    current: str | None = None,
+    path: Sequence[str] = (),
+    taken: set[tuple[str, str, str]] | frozenset[tuple[str, str, str]] = frozenset(),
+) -> str:
     """Render ``defn`` as Graphviz DOT; compound states become clusters.
 
     An edge into or out of a compound state is drawn to or from its initial leaf, clipped at
     the cluster's border (``lhead``/``ltail``), which is how DOT draws edges to a cluster.
+    ``current`` and the states in ``path`` are filled; edges in ``taken`` (``(from, to,
+    trigger)`` with leaf states, as :func:`history_path` returns them) are drawn bold.
     """
+    visited = set(path)
     lines = [
         f"digraph {_dot_quote(defn.name)} {{",
         "    compound=true;",
@@ -117,6 +144,10 @@ def graphviz_dot(defn: WorkflowDef) -> str:
                 lines.append(f"{indent}}}")
             else:
                 shape = ", shape=doublecircle" if state.final else ""
+                if state.name == current:
+                    shape += ', style="rounded,filled,bold", fillcolor="#ffd966"'
+                elif state.name in visited:
+                    shape += ', style="rounded,filled", fillcolor="#e8f0fe"'
                 lines.append(f"{indent}{node} [label={_dot_quote(state.short_name)}{shape}];")
 
     cluster(None, "    ")
@@ -130,6 +161,14 @@ def graphviz_dot(defn: WorkflowDef) -> str:
                 attrs.append(f"ltail=cluster_{_node_id(tail.name)}")
             if head.is_compound:
                 attrs.append(f"lhead=cluster_{_node_id(head.name)}")
+            edge = (defn.leaf_state(source), defn.leaf_state(transition.dest), transition.trigger)
+            if any(
+                t[2] == edge[2]
+                and t[1] == edge[1]
+                and defn.states[source].name in _chain(defn, t[0])
+                for t in taken
+            ):
+                attrs.append('color="#b45f06", penwidth=2.5')
             lines.append(
                 f"    {_node_id(defn.leaf_state(source))} -> "
                 f"{_node_id(defn.leaf_state(transition.dest))} [{', '.join(attrs)}];"
@@ -138,19 +177,37 @@ def graphviz_dot(defn: WorkflowDef) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _chain(defn: WorkflowDef, state: str) -> tuple[str, ...]:
+    return defn.ancestors(state) if state in defn.states else ()
+
+
 def render_svg(defn: WorkflowDef) -> bytes | None:
-    """Render ``defn`` to SVG with Graphviz's ``dot``.
+    """Render ``defn`` to SVG with Graphviz's ``dot`` (see :func:`render`)."""
+    return render(defn, "svg")
+
+
+def render(
+    defn: WorkflowDef,
+    fmt: str = "svg",
+    *,
+    current: str | None = None,
+    path: Sequence[str] = (),
+    taken: set[tuple[str, str, str]] | frozenset[tuple[str, str, str]] = frozenset(),
+) -> bytes | None:
+    """Render ``defn`` to ``svg`` or ``png`` with Graphviz's ``dot``, highlighting an instance.
 
     Returns ``None`` when ``dot`` is not on ``PATH``, fails, or takes longer than
     :data:`DOT_TIMEOUT` seconds; diagrams are a convenience, never a reason to fail.
     """
+    if fmt not in ("svg", "png"):
+        raise ValueError(f"format must be 'svg' or 'png', not {fmt!r}")
     dot = shutil.which("dot")
     if dot is None:
         return None
     try:
         done = subprocess.run(
-            [dot, "-Tsvg"],
-            input=graphviz_dot(defn).encode("utf-8"),
+            [dot, f"-T{fmt}"],
+            input=graphviz_dot(defn, current, path, taken).encode("utf-8"),
             capture_output=True,
             timeout=DOT_TIMEOUT,
             check=False,
