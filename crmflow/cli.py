@@ -1,4 +1,4 @@
-"""The ``crmflow`` command line: validate, lint, diagram, demo, worker."""
+"""The ``crmflow`` command line: validate, lint, diagram, simulate, demo, worker."""
 
 from __future__ import annotations
 
@@ -111,6 +111,110 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it is below it (shorter messages)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+class _Progress:
+    """A one-line progress bar on standard error (plain lines when it is not a terminal)."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.enabled = enabled
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.tty = sys.stderr.isatty()
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.enabled is None:
+            # Worth it only when the run takes a while and someone is watching.
+            self.enabled = self.tty and total >= 10
+
+    def step(self, name: str, passed: bool) -> None:
+        self.done += 1
+        self.failed += not passed
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        failed = f", {self.failed} failed" if self.failed else ""
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}{failed}"
+        if self.tty:
+            end = "\n" if self.done == self.total else ""
+            print(f"\r{line}  {name[:40]:<40}", end=end, file=sys.stderr, flush=True)
+        else:
+            print(f"{line}  {name}", file=sys.stderr, flush=True)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from crmflow._junit import write_junit
+    from crmflow.engine._simulate import ScenarioResult, junit_suites, simulate
+
+    workflows: Path | None = Path(args.workflows) if args.workflows else None
+    paths = [Path(p) for p in args.paths]
+    if not paths:
+        base = workflows or _relative(default_workflows_dir())
+        workflows = base
+        paths = [base / "scenarios"]
+    for path in paths:
+        if not path.exists():
+            print(f"crmflow: no such file or directory: {path}", file=sys.stderr)
+            return EXIT_USAGE
+    if workflows is not None and not workflows.exists():
+        print(f"crmflow: no such workflow directory: {workflows}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = _Progress(args.progress)
+
+    def show(result: ScenarioResult) -> None:
+        progress.step(result.scenario.name, result.passed)
+        if not args.quiet or not result.passed:
+            if progress.enabled and progress.tty and progress.done < progress.total:
+                print(file=sys.stderr)  # keep the bar off the timeline's line
+            print(result.timeline())
+            print()
+
+    report = simulate(
+        paths,
+        workflows=workflows,
+        store=args.store,
+        name_filter=args.name,
+        on_start=progress.start,
+        on_result=show,
+    )
+    sys.stdout.flush()
+    for error in report.errors:
+        print(error.render(), file=sys.stderr)
+    sys.stderr.flush()
+    if not report.results and not report.errors:
+        where = ", ".join(str(p) for p in paths)
+        print(f"crmflow: no scenarios found in {where}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = [r for r in report.results if not r.passed]
+    if failed:
+        print("failed scenarios:")
+        for result in failed:
+            print(f"  {result.location}: {result.scenario.name}")
+            for line in result.failure_message().splitlines()[1:]:
+                print(f"    {line}")
+    coverage_failed = False
+    if args.coverage:
+        print("coverage:")
+        for line in report.coverage.render().splitlines():
+            print(f"  {line}")
+        coverage_failed = args.coverage == "strict" and not report.coverage.complete
+    if args.junit:
+        write_junit(args.junit, junit_suites(report), name="crmflow simulate")
+    print(report.summary())
+    if coverage_failed:
+        print("coverage is incomplete (--coverage=strict)", file=sys.stderr)
+    return EXIT_OK if report.ok and not coverage_failed else EXIT_PROBLEMS
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from crmflow._demo import run_demo
 
@@ -183,6 +287,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--current", help="highlight this state")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=_cmd_diagram)
+
+    p = sub.add_parser(
+        "simulate",
+        help="run scenario files on a virtual clock and check what they expect",
+        description="Run scenarios (YAML stories with expectations) against the workflows. "
+        "Exit code 0 when every scenario passes, 1 when one fails or a file has errors "
+        "(or coverage is incomplete with --coverage=strict), 2 for usage errors.",
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        help="scenario files or directories (default: the scenarios/ directory of the workflows)",
+    )
+    p.add_argument(
+        "--workflows",
+        help="workflow directory for scenario files that do not name one (default: the "
+        "directory above their scenarios/ directory; without PATH, workflows/)",
+    )
+    p.add_argument(
+        "--store",
+        default="memory://",
+        help="store URL for the engines (default: a fresh in-memory store per scenario; "
+        "sqlite:///FILE keeps every scenario's instances in one file)",
+    )
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
+    p.add_argument(
+        "--coverage",
+        nargs="?",
+        const="report",
+        choices=["report", "strict"],
+        help="print which transitions and rule refusals the scenarios exercised per "
+        "workflow; --coverage=strict also fails (exit 1) when something is missing",
+    )
+    p.add_argument(
+        "-k", "--name", help="run only scenarios whose name contains this text (any case)"
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="print timelines of failed scenarios only"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on standard error (default: on a terminal, from 10 scenarios)",
+    )
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("demo", help="run the sales-order story on an SQLite file and explain it")
     p.add_argument("--db", default="crmflow-demo.db", help="SQLite file (recreated)")

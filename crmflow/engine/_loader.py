@@ -1026,11 +1026,17 @@ def load_workflow_file(path: str | Path, *, limits: YamlLimits = DEFAULT_LIMITS)
     return load_workflow_text(text, str(path), limits=limits)
 
 
+#: Directories beside the workflows that hold other kinds of YAML.
+_NOT_WORKFLOWS = frozenset({"scenarios", "forecasts"})
+
+
 def definition_files(path: str | Path) -> list[Path]:
     """List the workflow files under ``path``.
 
     That is the file itself, or the ``*.yaml``/``*.yml`` files below a directory (recursively,
-    sorted, hidden directories and ``*.scenario.yaml`` files skipped).
+    sorted). Hidden directories, directories named ``scenarios`` or ``forecasts``, and
+    ``*.scenario.yaml`` / ``*.forecast.yaml`` files are skipped: scenarios and forecasts live
+    beside the workflows they exercise but are not workflows.
 
     Raises:
         DefinitionError: when ``path`` does not exist.
@@ -1046,10 +1052,12 @@ def definition_files(path: str | Path) -> list[Path]:
         relative = candidate.relative_to(root)
         if any(part.startswith(".") for part in relative.parts):
             continue
+        if _NOT_WORKFLOWS.intersection(relative.parts[:-1]):
+            continue
         name = candidate.name
         if candidate.suffix not in (".yaml", ".yml") or not candidate.is_file():
             continue
-        if name.endswith((".scenario.yaml", ".scenario.yml")):
+        if name.endswith((".scenario.yaml", ".scenario.yml", ".forecast.yaml", ".forecast.yml")):
             continue
         found.append(candidate)
     return found
