@@ -17,17 +17,75 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["canonical_json", "dumps", "from_jsonable", "loads", "to_jsonable"]
+__all__ = [
+    "canonical_json",
+    "canonical_tagged",
+    "dumps",
+    "dumps_tagged",
+    "fast_encoder",
+    "from_jsonable",
+    "loads",
+    "to_jsonable",
+]
 
 _DECIMAL = "$decimal"
 _DATE = "$date"
 _DATETIME = "$datetime"
 _MAP = "$map"
+
+
+def _not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def fast_encoder(
+    *,
+    sort_keys: bool = False,
+    separators: tuple[str, str] = (",", ":"),
+    allow_nan: bool = False,
+) -> Callable[[Any], str]:
+    """What ``json.dumps(value, ensure_ascii=False, ...)`` with these options returns.
+
+    ``json.dumps`` with options builds a new encoder object on every call, which costs more
+    than encoding the small values of one history entry; the C encoder is built once here.
+    Pass only plain JSON values (such as the output of :func:`to_jsonable`): there is no
+    cycle check, and other types are refused.
+    """
+    item_separator, key_separator = separators
+    # Not in the type stubs; positional arguments as JSONEncoder.iterencode passes them.
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - interpreters without the C accelerator
+        fallback = json.JSONEncoder(
+            sort_keys=sort_keys, separators=separators, ensure_ascii=False, allow_nan=allow_nan
+        )
+        return fallback.encode
+    encode = c_make_encoder(
+        None,  # markers: no cycle check
+        _not_serializable,  # default
+        json.encoder.encode_basestring,  # strings as ensure_ascii=False writes them
+        None,  # indent
+        key_separator,
+        item_separator,
+        sort_keys,
+        False,  # skipkeys
+        allow_nan,
+    )
+
+    def dump(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return dump
+
+
+#: Compact JSON text of an already tagged value, keys in insertion order (what columns keep).
+dumps_tagged: Callable[[Any], str] = fast_encoder()
+#: Canonical JSON text of an already tagged value: sorted keys, compact (what is hashed).
+canonical_tagged: Callable[[Any], str] = fast_encoder(sort_keys=True)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -50,12 +108,21 @@ def to_jsonable(value: Any) -> Any:
             if type(k) is not str:
                 raise TypeError(f"mapping keys must be str, got {type(k).__name__} {k!r}")
             vt = type(v)
-            out[k] = v if vt is str or vt is int or vt is bool or v is None else to_jsonable(v)
+            if vt is str or vt is int or vt is bool or v is None:
+                out[k] = v
+            elif vt is Decimal and v.is_finite():
+                out[k] = {_DECIMAL: str(v)}
+            elif vt is list:
+                out[k] = [to_jsonable(x) for x in v] if v else []
+            else:
+                out[k] = to_jsonable(v)
         if len(out) == 1 and next(iter(out)).startswith("$"):
             return {_MAP: out}
         return out
     if kind is list:
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value] if value else []
+    if kind is Decimal and value.is_finite():
+        return {_DECIMAL: str(value)}
     if isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
@@ -106,9 +173,7 @@ def from_jsonable(value: Any) -> Any:
 
 def dumps(value: Any) -> str:
     """Encode ``value`` (see :func:`to_jsonable`) as compact JSON text for a database column."""
-    return json.dumps(
-        to_jsonable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
+    return dumps_tagged(to_jsonable(value))
 
 
 def loads(text: str) -> Any:
@@ -122,10 +187,4 @@ def canonical_json(obj: Any) -> str:
     Two equal values (``Decimal("1.0")`` and ``Decimal("1.00")`` are *not* equal here: the
     stored text keeps the scale) always give the same text, which is what the hash chain needs.
     """
-    return json.dumps(
-        to_jsonable(obj),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    return canonical_tagged(to_jsonable(obj))

@@ -12,14 +12,14 @@ trust (for example one exported earlier) as ``expected_head`` to detect that too
 
 from __future__ import annotations
 
-import hashlib
-import json
+import json.encoder
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
-from crmflow._codec import to_jsonable
+from crmflow._codec import canonical_tagged, to_jsonable
 
 if TYPE_CHECKING:
     # Only for annotations: keeps this module importable from the plugins package itself.
@@ -32,11 +32,15 @@ __all__ = [
     "encoded_entry_hash",
     "entry_hash",
     "record_hash",
+    "text_entry_hash",
     "verify_chain",
 ]
 
 #: ``prev_hash`` of an instance's first history entry.
 GENESIS = "0" * 64
+
+#: A str as JSON text, exactly as the encoders behind ``canonical_tagged`` write it.
+_quote = json.encoder.encode_basestring
 
 
 def entry_hash(
@@ -91,27 +95,70 @@ def encoded_entry_hash(
     Storage back ends encode those values anyway to store them; passing the encoded form
     avoids encoding twice on every write.
     """
-    body = json.dumps(
-        {
-            "seq": seq,
-            "instance_key": instance_key,
-            # Hash the ISO text, not the tagged form: the text is what storage keeps.
-            "at": at.isoformat(),
-            "actor": actor,
-            "kind": kind,
-            "trigger": trigger,
-            "from_state": from_state,
-            "to_state": to_state,
-            "reason": reason,
-            "changes": changes,
-            "details": details,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
+    # Hash the ISO text, not the tagged form: the text is what storage keeps.
+    return text_entry_hash(
+        prev_hash,
+        seq,
+        instance_key,
+        at.isoformat(),
+        actor,
+        kind,
+        trigger,
+        from_state,
+        to_state,
+        reason,
+        changes,
+        details,
     )
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def text_entry_hash(
+    prev_hash: str,
+    seq: int,
+    instance_key: str,
+    at_text: str,
+    actor: str,
+    kind: str,
+    trigger: str,
+    from_state: str,
+    to_state: str,
+    reason: str,
+    changes: Any,
+    details: Any,
+) -> str:
+    """Like :func:`encoded_entry_hash`, with ``at`` given as its ISO 8601 text."""
+    if type(seq) is int:
+        try:
+            # The canonical text written out in its (sorted) key order: the same bytes as
+            # encoding the whole entry as a dict, without building and sorting that dict.
+            body = (
+                f'{{"actor":{_quote(actor)},"at":{_quote(at_text)},'
+                f'"changes":{canonical_tagged(changes)},"details":{canonical_tagged(details)},'
+                f'"from_state":{_quote(from_state)},"instance_key":{_quote(instance_key)},'
+                f'"kind":{_quote(kind)},"reason":{_quote(reason)},"seq":{seq},'
+                f'"to_state":{_quote(to_state)},"trigger":{_quote(trigger)}}}'
+            )
+        except TypeError:
+            body = ""  # a field that is not a str: encode the entry as a dict below
+    else:
+        body = ""
+    if not body:
+        body = canonical_tagged(
+            {
+                "seq": seq,
+                "instance_key": instance_key,
+                "at": at_text,
+                "actor": actor,
+                "kind": kind,
+                "trigger": trigger,
+                "from_state": from_state,
+                "to_state": to_state,
+                "reason": reason,
+                "changes": changes,
+                "details": details,
+            }
+        )
+    return sha256((prev_hash + body).encode()).hexdigest()
 
 
 def draft_hash(prev_hash: str, seq: int, draft: HistoryDraft) -> str:

@@ -39,7 +39,7 @@ class Actor:
 
     def has_any_role(self, roles: tuple[str, ...] | frozenset[str]) -> bool:
         """Whether the actor holds at least one of ``roles`` (an empty requirement always holds)."""
-        return not roles or bool(self.roles.intersection(roles))
+        return not roles or not self.roles.isdisjoint(roles)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,16 @@ from crmflow.engine._model import FieldDef
 
 __all__ = ["coerce_value", "merge_data", "validate_new_data"]
 
+#: Declared types whose values are returned as they are when of exactly this Python type
+#: (a Decimal only when finite); the checks below would only confirm them.
+_UNCHANGED: dict[str, type] = {
+    "decimal": Decimal,
+    "int": int,
+    "bool": bool,
+    "str": str,
+    "date": date,
+}
+
 
 def coerce_value(name: str, type_name: str, value: Any) -> Any:
     """Convert ``value`` to the Python type of ``type_name`` or raise :class:`InvalidData`.
@@ -22,6 +32,9 @@ def coerce_value(name: str, type_name: str, value: Any) -> Any:
     """
     if value is None:
         return None
+    kind = type(value)
+    if kind is _UNCHANGED.get(type_name) and (kind is not Decimal or value.is_finite()):
+        return value
     try:
         if type_name == "decimal":
             if isinstance(value, bool):

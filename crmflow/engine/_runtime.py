@@ -432,19 +432,23 @@ class Engine(WorkOperations, TimerOperations):
     ) -> dict[str, Any]:
         defn = compiled.defn
         facts: dict[str, Any] = dict(data)
-        facts.update(key=record.key, state=record.state, workflow=record.workflow)
+        facts["key"] = record.key
+        facts["state"] = record.state
+        facts["workflow"] = record.workflow
         if "owner" not in defn.fields:
             facts["owner"] = record.owner
         facts["actor"] = {"id": actor.id, "roles": sorted(actor.roles), "org": actor.org}
         facts["now"] = self.clock.now()
-        given = given or {}
-        for namespace in given:
-            if namespace not in defn.facts:
-                raise InvalidData(
-                    namespace,
-                    f"is not a fact namespace of workflow {defn.name!r}",
-                    suggest(namespace, list(defn.facts)),
-                )
+        if given:
+            for namespace in given:
+                if namespace not in defn.facts:
+                    raise InvalidData(
+                        namespace,
+                        f"is not a fact namespace of workflow {defn.name!r}",
+                        suggest(namespace, list(defn.facts)),
+                    )
+        else:
+            given = {}
         for namespace, needed in ct.needs.items():
             supplied = given.get(namespace)
             if supplied is None:
@@ -457,7 +461,7 @@ class Engine(WorkOperations, TimerOperations):
                 )
             if supplied is None:
                 raise MissingFact(namespace, "", _rule_reading(ct, namespace))
-            if not isinstance(supplied, Mapping):
+            if type(supplied) is not dict and not isinstance(supplied, Mapping):
                 raise InvalidData(
                     namespace,
                     f"expected a mapping of attribute to value, got {type(supplied).__name__}",
@@ -604,9 +608,9 @@ class Engine(WorkOperations, TimerOperations):
                 {},
             )
             raise PermissionDenied(actor.id, trigger, ct.defn.roles, sorted(actor.roles))
-        current = dict(record.data)
+        # merge_data returns a new dict: record.data stays as read (the data before).
         new_data, changes = merge_data(
-            compiled.defn.fields, current, data, trigger=trigger, writes=ct.defn.writes
+            compiled.defn.fields, record.data, data, trigger=trigger, writes=ct.defn.writes
         )
         verdicts = self._verdicts(ct, self._facts_for(compiled, ct, record, new_data, actor, facts))
         refusals, warnings, overrides = self._judge(verdicts, actor, override)
@@ -698,21 +702,25 @@ class Engine(WorkOperations, TimerOperations):
     ) -> FireResult:
         now = self.clock.now()
         trigger = ct.defn.trigger
-        side = self._side_effects(
-            compiled,
-            record,
-            to_state=dest,
-            trigger=trigger,
-            event=event,
-            gates=ct.defn.requires,
-            tasks=tasks,
-            data=new_data,
-            changed=changes,
-            actor=actor,
-            now=now,
-        )
-        side.outbox[:0] = list(extra_outbox)
-        if side.data:
+        side: SideEffects | None = None
+        if compiled.defn.checklists or compiled.defn.timers or compiled.automations:
+            side = self._side_effects(
+                compiled,
+                record,
+                to_state=dest,
+                trigger=trigger,
+                event=event,
+                gates=ct.defn.requires,
+                tasks=tasks,
+                data=new_data,
+                changed=changes,
+                actor=actor,
+                now=now,
+            )
+            side.outbox[:0] = list(extra_outbox)
+        elif extra_outbox:
+            side = SideEffects(outbox=list(extra_outbox))
+        if side is not None and side.data:
             # Values an automation sets are part of this change, like the caller's data.
             new_data = dict(new_data)
             changes = dict(changes)
@@ -726,40 +734,54 @@ class Engine(WorkOperations, TimerOperations):
             workflow_version=record.workflow_version,
             definition_digest=record.definition_digest,
             state=dest,
-            data=dict(new_data),
+            # merge_data's new dict, which nothing else holds; storage keeps its own copy.
+            data=new_data,
             version=record.version + 1,
             created_at=record.created_at,
             updated_at=now,
             owner=record.owner,
         )
-        reason = "; ".join(o.reason for o in overrides)
-        context = TransitionContext(
-            engine_name=self.name,
-            key=record.key,
-            workflow=record.workflow,
-            workflow_version=record.workflow_version,
-            trigger=trigger,
-            from_state=record.state,
-            to_state=dest,
-            actor=actor,
-            data_before=dict(record.data),
-            data_after=dict(new_data),
-            at=now,
-            reason=reason,
-        )
+        reason = "; ".join(o.reason for o in overrides) if overrides else ""
+        hooks = self.plugins.hook
+        # The context (with two copies of the data) is built only when something reads it.
+        context: TransitionContext | None = None
+        if (
+            ct.defn.actions
+            or hooks.crmflow_before_commit.get_hookimpls()
+            or hooks.crmflow_after_fire.get_hookimpls()
+        ):
+            context = TransitionContext(
+                engine_name=self.name,
+                key=record.key,
+                workflow=record.workflow,
+                workflow_version=record.workflow_version,
+                trigger=trigger,
+                from_state=record.state,
+                to_state=dest,
+                actor=actor,
+                data_before=dict(record.data),
+                data_after=dict(new_data),
+                at=now,
+                reason=reason,
+            )
         with self.store.transaction() as tx:
             tx.update_instance(updated, expected_version=record.version)
             if in_tx is not None:
                 in_tx(tx)
-            side.write(tx, record.key, now)
-            actions = [self._run_action(action, context, tx) for action in ct.defn.actions]
+            actions: list[dict[str, Any]] = []
+            described: dict[str, Any] = {}
+            if side is not None:
+                side.write(tx, record.key, now)
+                described = side.describe()
+            if context is not None:
+                actions = [self._run_action(action, context, tx) for action in ct.defn.actions]
             effects: dict[str, Any] = {}
             if changes:
                 effects["data_changed"] = dict(changes)
             if actions:
                 effects["actions"] = actions
-            described = side.describe()
-            effects.update(described)
+            if described:
+                effects.update(described)
             tx.append_history(
                 HistoryDraft(
                     instance_key=record.key,
@@ -770,7 +792,8 @@ class Engine(WorkOperations, TimerOperations):
                     from_state=record.state,
                     to_state=dest,
                     reason=reason,
-                    changes=dict(changes),
+                    # Not the dict in effects: the caller may change that one.
+                    changes=changes,
                     details={
                         "overrides": [o.as_dict() for o in overrides],
                         "warnings": [w.as_dict() for w in warnings],
@@ -780,7 +803,8 @@ class Engine(WorkOperations, TimerOperations):
                     },
                 )
             )
-            self.plugins.hook.crmflow_before_commit(context=context, tx=tx)
+            if context is not None:
+                hooks.crmflow_before_commit(context=context, tx=tx)
             result = FireResult(
                 ok=True,
                 key=record.key,
@@ -794,7 +818,8 @@ class Engine(WorkOperations, TimerOperations):
             )
             if idempotency_key is not None:
                 tx.put_idempotency(idempotency_key, record.key, result.as_dict(), at=now)
-        self._after_fire(context, result)
+        if context is not None:
+            self._after_fire(context, result)
         return result
 
     def _run_action(

@@ -17,16 +17,18 @@ module level.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple, cast
 
-from crmflow._codec import dumps, from_jsonable, to_jsonable
+from crmflow._codec import dumps, dumps_tagged, from_jsonable, loads, to_jsonable
 from crmflow._errors import ConcurrencyConflict, InstanceExists, StorageError
-from crmflow._hashchain import GENESIS, encoded_entry_hash
+from crmflow._hashchain import GENESIS, text_entry_hash
 from crmflow.plugins._storage_api import (
     CostEntry,
     HistoryDraft,
@@ -56,22 +58,41 @@ from crmflow.plugins.hookspecs import hookimpl
 __all__ = ["MemoryStorage", "MemoryTx", "crmflow_open_storage"]
 
 
-@dataclass(frozen=True)
-class _StoredInstance:
-    record: InstanceRecord  # data and all; ``data`` below is the encoded copy that is served
-    data: Any
-
-
-@dataclass(frozen=True)
-class _StoredHistory:
-    record: HistoryRecord  # changes/details are served from the encoded copies below
-    changes: Any
-    details: Any
+class _StoredInstance(NamedTuple):
+    record: InstanceRecord  # for the metadata only: its ``data`` is the caller's, never served
+    data: Any  # the store's own copy: see _own_data
+    flat: bool
 
 
 # Values are kept in the codec's tagged form (the JSON model without the text): encoding
 # refuses what SQL storage could not store, and decoding builds fresh containers, so callers
-# never share mutable data with the store.
+# never share mutable data with the store. Instance data made only of immutable scalars that
+# survive the codec unchanged is the common case; it is kept as a plain private copy instead,
+# which is what the round trip would give back, without paying for it on every fire.
+
+_UNCHANGED = frozenset({str, int, bool, type(None), date})
+
+
+def _own_data(data: Mapping[str, Any]) -> tuple[Any, bool]:
+    """The store's copy of instance data, and whether it is flat (see above)."""
+    for name, value in data.items():
+        kind = type(value)
+        if type(name) is not str:
+            break
+        if kind in _UNCHANGED:
+            continue
+        if kind is Decimal or kind is float:
+            if value.is_finite() if kind is Decimal else math.isfinite(value):
+                continue
+            break
+        # The ISO round trip keeps only UTC and naive moments exactly (an offset-only zone
+        # would replace any other tzinfo object, and fold would be lost).
+        if kind is datetime and (value.tzinfo is None or value.tzinfo is UTC) and not value.fold:
+            continue
+        break
+    else:
+        return dict(data), True
+    return to_jsonable(data), False
 
 
 def _decode_instance(stored: _StoredInstance) -> InstanceRecord:
@@ -82,7 +103,7 @@ def _decode_instance(stored: _StoredInstance) -> InstanceRecord:
         workflow_version=r.workflow_version,
         definition_digest=r.definition_digest,
         state=r.state,
-        data=from_jsonable(stored.data),
+        data=dict(stored.data) if stored.flat else from_jsonable(stored.data),
         version=r.version,
         created_at=r.created_at,
         updated_at=r.updated_at,
@@ -90,11 +111,31 @@ def _decode_instance(stored: _StoredInstance) -> InstanceRecord:
     )
 
 
-def _decode_history(stored: _StoredHistory) -> HistoryRecord:
-    return replace(
-        stored.record,
-        changes=from_jsonable(stored.changes),
-        details=from_jsonable(stored.details),
+# A history entry is kept as a plain tuple of strings, numbers and a datetime, with changes and
+# details as their JSON text (as SQL storage keeps them): the garbage collector stops tracking
+# such a tuple, so a long history costs the collector nothing. Layout:
+# (seq, at, actor, kind, trigger, from_state, to_state, reason, changes, details, prev, hash)
+_StoredHistory = tuple[int, datetime, str, str, str, str, str, str, str, str, str, str]
+
+
+def _decode_history(key: str, stored: _StoredHistory) -> HistoryRecord:
+    seq, at, actor, kind, trigger, from_state, to_state, reason, changes, details, prev, digest = (
+        stored
+    )
+    return HistoryRecord(
+        instance_key=key,
+        seq=seq,
+        at=at,
+        actor=actor,
+        kind=kind,
+        trigger=trigger,
+        from_state=from_state,
+        to_state=to_state,
+        reason=reason,
+        changes=loads(changes),
+        details=loads(details),
+        prev_hash=prev,
+        hash=digest,
     )
 
 
@@ -146,7 +187,7 @@ class MemoryTx:
         """Insert a new instance; raise ``InstanceExists`` when the key is taken."""
         if self._current(record.key) is not None:
             raise InstanceExists(record.key)
-        self._instances[record.key] = _StoredInstance(record, to_jsonable(record.data))
+        self._instances[record.key] = _StoredInstance(record, *_own_data(record.data))
 
     def update_instance(self, record: InstanceRecord, expected_version: int) -> None:
         """Compare-and-set on the version; see ``SqlTx.update_instance``."""
@@ -162,37 +203,71 @@ class MemoryTx:
         # created_at is set once, by the insert (as on the SQL back ends).
         if record.created_at != current.record.created_at:
             record = replace(record, created_at=current.record.created_at)
-        self._instances[record.key] = _StoredInstance(record, to_jsonable(record.data))
+        self._instances[record.key] = _StoredInstance(record, *_own_data(record.data))
 
     def append_history(self, draft: HistoryDraft) -> HistoryRecord:
         """Append ``draft`` as the instance's next entry (``seq`` = last + 1, hash-chained)."""
         key = draft.instance_key
-        pending = self._history.setdefault(key, [])
+        pending = self._history.get(key)
+        if pending is None:
+            pending = self._history[key] = []
         last = pending[-1] if pending else None
         if last is None:
             committed = self._store._history.get(key)
             last = committed[-1] if committed else None
-        seq = 1 if last is None else last.record.seq + 1
-        prev_hash = GENESIS if last is None else last.record.hash
-        # Encode once: the tagged form is both what is hashed and what is kept.
+        seq = 1 if last is None else last[0] + 1
+        prev_hash = GENESIS if last is None else last[11]
+        # Encode once: the tagged form is both what is hashed and what is kept (as text).
         changes, details = to_jsonable(draft.changes), to_jsonable(draft.details)
-        fields: dict[str, Any] = {
-            "instance_key": key,
-            "seq": seq,
-            "at": datetime.fromisoformat(draft.at.isoformat()),
-            "actor": draft.actor,
-            "kind": draft.kind,
-            "trigger": draft.trigger,
-            "from_state": draft.from_state,
-            "to_state": draft.to_state,
-            "reason": draft.reason,
-        }
-        digest = encoded_entry_hash(prev_hash, **fields, changes=changes, details=details)
-        record = HistoryRecord(
-            **fields, changes=draft.changes, details=draft.details, prev_hash=prev_hash, hash=digest
+        at = draft.at
+        at_text = at.isoformat()
+        if type(at) is not datetime or not (at.tzinfo is UTC or at.tzinfo is None) or at.fold:
+            at = datetime.fromisoformat(at_text)  # what a read of the stored text gives
+        digest = text_entry_hash(
+            prev_hash,
+            seq,
+            key,
+            at_text,
+            draft.actor,
+            draft.kind,
+            draft.trigger,
+            draft.from_state,
+            draft.to_state,
+            draft.reason,
+            changes,
+            details,
         )
-        pending.append(_StoredHistory(record, changes, details))
-        return record
+        pending.append(
+            (
+                seq,
+                at,
+                draft.actor,
+                draft.kind,
+                draft.trigger,
+                draft.from_state,
+                draft.to_state,
+                draft.reason,
+                dumps_tagged(changes),
+                dumps_tagged(details),
+                prev_hash,
+                digest,
+            )
+        )
+        return HistoryRecord(
+            instance_key=key,
+            seq=seq,
+            at=at,
+            actor=draft.actor,
+            kind=draft.kind,
+            trigger=draft.trigger,
+            from_state=draft.from_state,
+            to_state=draft.to_state,
+            reason=draft.reason,
+            changes=draft.changes,
+            details=draft.details,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
 
     def put_idempotency(
         self,
@@ -326,6 +401,46 @@ class MemoryTx:
                 store._put_outbox(outbox_id, values)
 
 
+class _Transaction:
+    """What ``MemoryStorage.transaction()`` returns; see ``MemoryStorage._exclusive``.
+
+    A class rather than a generator-based context manager: every fire opens one, and the
+    generator machinery cost more than the rest of an empty transaction.
+    """
+
+    __slots__ = ("_store", "_tx")
+
+    def __init__(self, store: MemoryStorage) -> None:
+        self._store = store
+        self._tx: MemoryTx | None = None
+
+    def __enter__(self) -> MemoryTx:
+        store = self._store
+        store._check_open()
+        me = threading.get_ident()
+        if store._writer == me:
+            raise StorageError("nested transaction on the same store in one thread")
+        store._write_lock.acquire()
+        store._writer = me
+        try:
+            self._tx = MemoryTx(store)
+        except BaseException:
+            store._writer = None
+            store._write_lock.release()
+            raise
+        return self._tx
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        store = self._store
+        try:
+            if exc_type is None and self._tx is not None:
+                self._tx._commit()
+        finally:
+            self._tx = None
+            store._writer = None
+            store._write_lock.release()
+
+
 class MemoryStorage:
     """An in-memory store (implements ``Storage``); see the module docstring."""
 
@@ -373,13 +488,9 @@ class MemoryStorage:
             finally:
                 self._writer = None
 
-    @contextmanager
-    def transaction(self) -> Iterator[MemoryTx]:
+    def transaction(self) -> _Transaction:
         """Open a write transaction: commit on normal exit, roll back on an exception."""
-        with self._exclusive():
-            tx = MemoryTx(self)
-            yield tx
-            tx._commit()
+        return _Transaction(self)
 
     # Called with the state lock held.
 
@@ -415,7 +526,7 @@ class MemoryStorage:
         self._check_open()
         with self._state_lock:
             entries = list(self._history.get(key, ()))
-        return [_decode_history(e) for e in entries]
+        return [_decode_history(key, e) for e in entries]
 
     def get_idempotency(self, idempotency_key: str) -> Mapping[str, Any] | None:
         """Return the remembered result of a command, or ``None``."""

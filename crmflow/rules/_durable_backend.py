@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import durable_rules_engine  # type: ignore[import-not-found]
-from durable.engine import Host, MessageNotHandledException, Ruleset
+from durable.engine import Host, Ruleset
+
+from crmflow._codec import fast_encoder
 
 from ._backend import PreparedGroup, RulesBackendError
 from ._compile import DurablePlan, Inexact, NotCompilable, plan_condition
@@ -44,6 +46,12 @@ __all__ = ["DurableBackend"]
 _SEQUENCE = itertools.count(1)
 _SEQUENCE_LOCK = threading.Lock()
 _SESSION = "0"
+#: How durable reports ERR_EXPRESSION_LIMIT_EXCEEDED when it creates a ruleset.
+_EXPRESSION_LIMIT = re.compile(r"error code: 113\b")
+#: durable's answer when no rule matched the event (it raises MessageNotHandledException).
+_NOT_HANDLED = 1
+#: The message text as ``Ruleset.assert_event`` writes it (``json.dumps``, ensure_ascii off).
+_dumps = fast_encoder(separators=(", ", ": "), allow_nan=True)
 
 
 def _sanitize(text: str) -> str:
@@ -100,6 +108,8 @@ class DurableBackend:
         self._ids = itertools.count(1)
         self._rulesets: list[str] = []
         self._closed = False
+        # Per ruleset, an action's failure that its session state keeps: see _post.
+        self._failures: dict[str, str] = {}
         self.stats = {"durable": 0, "python_static": 0, "python_runtime": 0}
 
     def _action(self, c: Any) -> None:
@@ -127,6 +137,12 @@ class DurableBackend:
                 except RulesBackendError:
                     raise
                 except Exception as exc:
+                    if _EXPRESSION_LIMIT.search(str(exc)):
+                        # The C engine caps the expressions of one rule below what the
+                        # planner's branch limit lets through: decide that rule in Python, like
+                        # a condition that does not compile.
+                        slots.append(_Slot(rule, None, None, f"durable_rules refused it: {exc}"))
+                        continue
                     raise RulesBackendError(
                         f"durable_rules rejected rule {rule.name!r} of group {group!r}: {exc}"
                     ) from exc
@@ -149,7 +165,6 @@ class DurableBackend:
             else:
                 try:
                     fired = self._post(slot.ruleset, slot.plan, env)
-                    self._count("durable")
                 except Inexact:
                     fired = truth(slot.rule.when, env)
                     self._count("python_runtime")
@@ -164,19 +179,39 @@ class DurableBackend:
         with self._lock:
             if self._closed:
                 raise RulesBackendError("the rules back end is closed")
+            failure = self._failures.get(ruleset)
+            if failure is not None:
+                raise RulesBackendError(f"durable_rules action failed: {failure}")
             mid = str(next(self._ids))
             message = plan.message(env, _SESSION, mid)
+            # What Host.post does, minus what costs most when no rule matches (the usual
+            # answer of a guard): the exception durable raises for it, and re-reading the
+            # session state, which only an action of ours can change.
             try:
-                self._host.post(ruleset, message)
-            except MessageNotHandledException:
-                pass
+                rules = self._host.get_ruleset(ruleset)
+                result = durable_rules_engine.assert_event(rules._handle, _dumps(message))
+                if result[0] != _NOT_HANDLED:
+                    error: list[Any] = [None]
+
+                    def complete(e: Any, state: Any) -> None:
+                        error[0] = e
+
+                    rules.do_actions(rules._handle_result(result, message), complete)
+                    if error[0]:
+                        raise error[0]
             except Exception as exc:
                 raise RulesBackendError(f"durable_rules failed on {ruleset!r}: {exc}") from exc
+            if result[0] == _NOT_HANDLED:
+                self.stats["durable"] += 1
+                return False
             fired = mid in self._hits
             self._hits.discard(mid)
             state = self._host.get_state(ruleset, _SESSION)
             if isinstance(state, dict) and state.get("exception"):
+                # The session state keeps it, so every later post to this ruleset fails too.
+                self._failures[ruleset] = state["exception"]
                 raise RulesBackendError(f"durable_rules action failed: {state['exception']}")
+            self.stats["durable"] += 1
             return fired
 
     def close(self) -> None:

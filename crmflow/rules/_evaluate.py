@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -32,7 +32,16 @@ from ._ast import (
 from ._checker import NOW_FACT, Schema
 from ._functions import FunctionSpec
 
-__all__ = ["Env", "RuleEvaluationError", "evaluate", "normalize_facts", "truth"]
+__all__ = [
+    "Env",
+    "FactPlan",
+    "RuleEvaluationError",
+    "evaluate",
+    "fact_plan",
+    "normalize_facts",
+    "read_facts",
+    "truth",
+]
 
 #: Precision for + - *: wide enough that sums of facts and literals (≤ 30 digits) stay exact.
 _EXACT = decimal.Context(prec=80, traps=[decimal.InvalidOperation, decimal.Overflow])
@@ -53,7 +62,7 @@ class RuleEvaluationError(CrmflowError):
         super().__init__(message)
 
 
-@dataclass
+@dataclass(slots=True)
 class Env:
     """Normalised facts plus what evaluation needs besides them."""
 
@@ -137,6 +146,47 @@ def _normalize(where: str, typ: str, value: Any) -> Any:
     raise bad()  # pragma: no cover - Schema rejects unknown types
 
 
+#: Declared types whose values pass unchanged when they already have this exact Python type.
+_PASS_TYPES: dict[str, type] = {
+    "str": str,
+    "bool": bool,
+    "int": int,
+    "decimal": Decimal,
+    "date": _dt.date,
+}
+
+
+@dataclass(frozen=True)
+class FactPlan:
+    """What a rule reads from the facts, worked out once per rule instead of once per call.
+
+    Attributes:
+        reads: ``(namespace, attribute, declared type, label for errors, pass type)`` in
+            sorted order ("" namespace for fields); a value of exactly the pass type is
+            taken as it is (a Decimal only when finite).
+        now: whether the rule reads the reference time (a function needs it).
+
+    """
+
+    reads: tuple[tuple[str, str, str, str, type | None], ...]
+    now: bool
+
+
+def fact_plan(schema: Schema, needs: frozenset[tuple[str, str]]) -> FactPlan:
+    """Prepare :func:`read_facts` for a rule of ``schema`` that reads ``needs``."""
+    reads: list[tuple[str, str, str, str, type | None]] = []
+    for ns, attr in sorted(needs):
+        if ns == "":
+            if attr == NOW_FACT and attr not in schema.fields:
+                continue
+            typ = schema.fields[attr]
+            reads.append((ns, attr, typ, attr, _PASS_TYPES.get(typ)))
+        else:
+            typ = schema.namespaces[ns][attr]
+            reads.append((ns, attr, typ, f"{ns}.{attr}", _PASS_TYPES.get(typ)))
+    return FactPlan(tuple(reads), ("", NOW_FACT) in needs)
+
+
 def normalize_facts(
     facts: Mapping[str, Any], schema: Schema, needs: frozenset[tuple[str, str]]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], _dt.datetime | None]:
@@ -145,29 +195,46 @@ def normalize_facts(
     A missing field, namespace or attribute reads as None; the engine decides beforehand
     whether a missing fact is an error (``MissingFact``).
     """
+    return read_facts(facts, replace(fact_plan(schema, needs), now=True))
+
+
+def read_facts(
+    facts: Mapping[str, Any], plan: FactPlan
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], _dt.datetime | None]:
+    """Like :func:`normalize_facts`, from a prepared plan; ``now`` is None unless it is read.
+
+    A ``now`` of the wrong type is refused either way.
+    """
     fields: dict[str, Any] = {}
     namespaces: dict[str, dict[str, Any]] = {}
-    for ns, attr in sorted(needs):
+    for ns, attr, typ, label, exact in plan.reads:
         if ns == "":
-            if attr == NOW_FACT and attr not in schema.fields:
-                continue
-            fields[attr] = _normalize(attr, schema.fields[attr], facts.get(attr))
+            value = facts.get(attr)
         else:
             raw = facts.get(ns)
             value = None
-            if isinstance(raw, Mapping):
+            if type(raw) is dict or isinstance(raw, Mapping):
                 value = raw.get(attr)
             elif raw is not None:
                 value = getattr(raw, attr, None)
-            namespaces.setdefault(ns, {})[attr] = _normalize(
-                f"{ns}.{attr}", schema.namespaces[ns][attr], value
-            )
+        kind = type(value)
+        if not (value is None or (kind is exact and (kind is not Decimal or value.is_finite()))):
+            value = _normalize(label, typ, value)
+        if ns == "":
+            fields[attr] = value
+        else:
+            target = namespaces.get(ns)
+            if target is None:
+                target = namespaces[ns] = {}
+            target[attr] = value
     now_raw = facts.get(NOW_FACT)
     now: _dt.datetime | None = None
     if isinstance(now_raw, _dt.datetime):
-        now = _utc_naive(now_raw)
+        if plan.now:
+            now = _utc_naive(now_raw)
     elif isinstance(now_raw, _dt.date):
-        now = _dt.datetime(now_raw.year, now_raw.month, now_raw.day)
+        if plan.now:
+            now = _dt.datetime(now_raw.year, now_raw.month, now_raw.day)
     elif now_raw is not None:
         raise InvalidData(NOW_FACT, f"expected datetime, got {type(now_raw).__name__}")
     return fields, namespaces, now
@@ -178,22 +245,30 @@ def truth(node: Expr, env: Env) -> bool:
     return evaluate(node, env) is True
 
 
+#: What a namespace absent from the facts reads as (never written to).
+_NO_VALUES: Mapping[str, Any] = {}
+
+
 def evaluate(node: Expr, env: Env) -> Any:
     """Evaluate ``node``; None is the null value and propagates through arithmetic and calls."""
-    if isinstance(node, Const):
-        return node.value
+    # Leaves first, then the operators rules use most: every rule evaluation walks this chain
+    # once per node.
     if isinstance(node, Name):
         return env.fields.get(node.id)
     if isinstance(node, Attr):
-        return env.namespaces.get(node.ns, {}).get(node.attr)
+        return env.namespaces.get(node.ns, _NO_VALUES).get(node.attr)
+    if isinstance(node, Const):
+        return node.value
+    if isinstance(node, Compare):
+        return compare(node.op, evaluate(node.left, env), evaluate(node.right, env))
+    if isinstance(node, BinOp):
+        return arithmetic(node.op, evaluate(node.left, env), evaluate(node.right, env))
     if isinstance(node, BoolOp):
         if node.op == "and":
             return all(truth(v, env) for v in node.values)
         return any(truth(v, env) for v in node.values)
     if isinstance(node, Not):
         return not truth(node.operand, env)
-    if isinstance(node, Compare):
-        return compare(node.op, evaluate(node.left, env), evaluate(node.right, env))
     if isinstance(node, Member):
         needle = evaluate(node.needle, env)
         hay = evaluate(node.haystack, env)
@@ -207,8 +282,6 @@ def evaluate(node: Expr, env: Env) -> Any:
             return value
         # Decimal's unary minus rounds to the ambient context; the exact context does not.
         return _EXACT.minus(value) if isinstance(value, Decimal) else -value
-    if isinstance(node, BinOp):
-        return arithmetic(node.op, evaluate(node.left, env), evaluate(node.right, env))
     if isinstance(node, ListLit):
         return [item.value for item in node.items]
     if isinstance(node, Call):

@@ -10,7 +10,8 @@ from crmflow._errors import ExpressionError
 
 from ._ast import Attr, Call, Expr, Name, walk
 from ._checker import NOW_FACT, Schema, check
-from ._evaluate import Env, normalize_facts, truth
+from ._evaluate import Env, FactPlan, fact_plan, read_facts, truth
+from ._functions import FunctionSpec
 from ._parser import parse_expression
 from ._template import Template, parse_template
 
@@ -48,6 +49,19 @@ class CompiledRule:
     message: Template = field(repr=False)
     hint: Template = field(repr=False)
     schema: Schema = field(repr=False)
+    #: Prepared once from the fields above, for every evaluation: what the rule reads, the
+    #: functions it may call, and its verdict when it does not fire (verdicts are immutable,
+    #: so one serves every evaluation).
+    reads: FactPlan = field(init=False, repr=False)
+    functions: Mapping[str, FunctionSpec] = field(init=False, repr=False)
+    not_fired: Verdict = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reads", fact_plan(self.schema, self.needs))
+        object.__setattr__(self, "functions", self.schema.all_functions())
+        object.__setattr__(
+            self, "not_fired", Verdict(self.name, self.effect, False, "", "", self.override_roles)
+        )
 
 
 @dataclass(frozen=True)
@@ -146,18 +160,20 @@ def compile_rule(
 
 def make_env(rule: CompiledRule, facts: Mapping[str, Any]) -> Env:
     """Normalise ``facts`` for ``rule`` into an evaluation environment."""
-    fields, namespaces, now = normalize_facts(facts, rule.schema, rule.needs)
-    return Env(fields, namespaces, rule.schema.all_functions(), now, rule.name)
+    fields, namespaces, now = read_facts(facts, rule.reads)
+    return Env(fields, namespaces, rule.functions, now, rule.name)
 
 
 def verdict(rule: CompiledRule, env: Env, fired: bool) -> Verdict:
     """Build the verdict, rendering message and hint only when the rule fired."""
+    if not fired:
+        return rule.not_fired
     return Verdict(
         rule=rule.name,
         effect=rule.effect,
-        fired=fired,
-        message=rule.message.render(env) if fired else "",
-        hint=rule.hint.render(env) if fired else "",
+        fired=True,
+        message=rule.message.render(env),
+        hint=rule.hint.render(env),
         override_roles=rule.override_roles,
     )
 
