@@ -10,7 +10,7 @@ from pathlib import Path
 from crmflow._errors import CrmflowError, DefinitionError
 from crmflow._suggest import suggest
 from crmflow.engine._check import check_path
-from crmflow.engine._diagram import mermaid, render_svg
+from crmflow.engine._diagram import history_path, mermaid, render
 from crmflow.engine._loader import load_definitions, load_workflow_file
 
 __all__ = ["main"]
@@ -83,23 +83,46 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
         print(f"no workflow named {args.workflow!r} under {search}{also}", file=sys.stderr)
         return EXIT_USAGE
     defn = load_workflow_file(file)
+    path: list[str] = []
+    taken: set[tuple[str, str, str]] = set()
+    if args.instance:
+        if not args.store:
+            print("--instance needs --store URL (where the instance is kept)", file=sys.stderr)
+            return EXIT_USAGE
+        from crmflow.engine import Engine
+
+        with Engine([defn], store=args.store, load_entry_points=False) as engine:
+            instance = engine.get(args.instance)
+            entries = [
+                (h.from_state, h.to_state, h.trigger)
+                for h in engine.history(args.instance)
+                if h.kind not in ("refused", "denied")
+            ]
+        if instance.workflow != defn.name:
+            print(
+                f"instance {args.instance!r} runs {instance.workflow!r}, not {defn.name!r}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        path, taken = history_path(entries)
+        args.current = args.current or instance.state
     if args.current is not None and args.current not in defn.states:
         hint = suggest(args.current, list(defn.states))
         also = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
         print(f"workflow {defn.name!r} has no state {args.current!r}{also}", file=sys.stderr)
         return EXIT_USAGE
-    if args.format == "svg":
-        svg = render_svg(defn)
-        if svg is None:
+    if args.format in ("svg", "png"):
+        image = render(defn, args.format, current=args.current, path=path, taken=taken)
+        if image is None:
             print(
-                "SVG needs Graphviz's `dot` on PATH (apt-get install graphviz); "
-                "use --format mermaid",
+                f"{args.format.upper()} needs Graphviz's `dot` on PATH (apt-get install "
+                "graphviz); use --format mermaid",
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        output: str | bytes = svg
+        output: str | bytes = image
     else:
-        output = mermaid(defn, current=args.current)
+        output = mermaid(defn, current=args.current, path=path)
     if args.output:
         mode = "wb" if isinstance(output, bytes) else "w"
         with open(args.output, mode) as handle:
@@ -151,7 +174,51 @@ class _Progress:
             print(f"{line}  {name}", file=sys.stderr, flush=True)
 
 
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from crmflow.engine._explore import explore, format_exploration
+
+    search = Path(args.workflows) if args.workflows else default_workflows_dir()
+    names = args.paths or [d.name for d in load_definitions(search)]
+    failed = False
+    for name in names:
+        file = _find_workflow(name, search)
+        if file is None:
+            known = [d.name for d in load_definitions(search)]
+            hint = suggest(name, known)
+            also = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
+            print(f"no workflow named {name!r} under {search}{also}", file=sys.stderr)
+            return EXIT_USAGE
+        defn = load_workflow_file(file)
+        report = explore(defn, walks=args.explore, seed=args.seed, org=args.org)
+        print(format_exploration(report))
+        failed = failed or not report.ok
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from crmflow.engine._forecast import (
+        forecast,
+        format_forecast,
+        load_forecast_file,
+        plot_forecast,
+    )
+
+    search = Path(args.workflows) if args.workflows else default_workflows_dir()
+    definitions = {d.name: d for d in load_definitions(search)}
+    spec = load_forecast_file(args.file, workflows=definitions)
+    report = forecast(definitions[spec.workflow], spec, leads=args.leads, seed=args.seed)
+    print(format_forecast(report))
+    if args.plot:
+        if plot_forecast(report, args.plot):
+            print(f"plot written to {args.plot}")
+        else:
+            print("the plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.explore is not None:
+        return _cmd_explore(args)
     from crmflow._junit import write_junit
     from crmflow.engine._simulate import ScenarioResult, junit_suites, simulate
 
@@ -283,8 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagram", help="draw a workflow (Mermaid text, or SVG with Graphviz)")
     p.add_argument("workflow", help="a workflow name or a workflow file")
     p.add_argument("--path", help="where to look for the workflow (default: workflows/)")
-    p.add_argument("--format", choices=["mermaid", "svg"], default="mermaid")
+    p.add_argument("--format", choices=["mermaid", "svg", "png"], default="mermaid")
     p.add_argument("--current", help="highlight this state")
+    p.add_argument(
+        "--instance", help="highlight this instance's state and the path its history took"
+    )
+    p.add_argument(
+        "--store", help="store URL holding --instance (sqlite:///... or postgresql://...)"
+    )
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=_cmd_diagram)
 
@@ -332,7 +405,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a progress bar on standard error (default: on a terminal, from 10 scenarios)",
     )
+    p.add_argument(
+        "--explore",
+        type=int,
+        metavar="N",
+        help="instead of scenarios: N seeded random walks per workflow (PATH: workflow names "
+        "or files; default all) checking for stuck instances and unhandled errors",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of --explore (default 1)")
+    p.add_argument("--org", help="org directory YAML whose users act in --explore")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "forecast",
+        help="Monte Carlo pipeline forecast from a forecast file (funnel, time to close)",
+    )
+    p.add_argument("file", help="a forecast file (see docs/simulation.md)")
+    p.add_argument("--workflows", help="workflow directory (default: the shipped workflows/)")
+    p.add_argument("--leads", type=int, help="number of leads (default: the file's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the file's)")
+    p.add_argument("--plot", help="also draw the funnel and times to PNG/SVG (needs matplotlib)")
+    p.set_defaults(func=_cmd_forecast)
 
     p = sub.add_parser("demo", help="run the sales-order story on an SQLite file and explain it")
     p.add_argument("--db", default="crmflow-demo.db", help="SQLite file (recreated)")
