@@ -115,8 +115,9 @@ def test_observer_failure_leaves_no_trace(store_url: str) -> None:
         engine.start("sales_order", "SO-1", actor=ALICE, data={"customer_id": "C1", "amount": 100})
         before = engine.get("SO-1")
         with pytest.raises(RuntimeError, match="observer failed"):
-            engine.fire("SO-1", "approve", actor=ALICE, facts={"customer": ACME},
-                        idempotency_key="cmd-1")
+            engine.fire(
+                "SO-1", "approve", actor=ALICE, facts={"customer": ACME}, idempotency_key="cmd-1"
+            )
         with pytest.raises(RuntimeError, match="observer failed"):
             engine.fire("SO-1", "revise", actor=ALICE, data={"amount": 200})
         after = engine.get("SO-1")

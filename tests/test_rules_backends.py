@@ -30,11 +30,23 @@ durable_only = pytest.mark.skipif(
 KINDS = ["python", pytest.param("durable", marks=durable_only)]
 
 SCHEMA = Schema(
-    fields={"amount": "decimal", "prepayment_received": "bool", "key": "str", "state": "str",
-            "qty": "int", "created": "date", "phone": "str"},
+    fields={
+        "amount": "decimal",
+        "prepayment_received": "bool",
+        "key": "str",
+        "state": "str",
+        "qty": "int",
+        "created": "date",
+        "phone": "str",
+    },
     namespaces={
-        "customer": {"credit_limit": "decimal", "open_balance": "decimal",
-                     "payment_terms": "str", "name": "str", "lock_owner": "bool"},
+        "customer": {
+            "credit_limit": "decimal",
+            "open_balance": "decimal",
+            "payment_terms": "str",
+            "name": "str",
+            "lock_owner": "bool",
+        },
         "actor": {"id": "str", "roles": "list[str]", "org": "str"},
     },
     functions={"boom": FunctionSpec("boom", ("str",), "bool", lambda s: 1 / 0)},
@@ -54,8 +66,13 @@ CREDIT = compile_rule(
 def facts(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "amount": D("8000"),
-        "customer": {"credit_limit": D("10000"), "open_balance": D("5000"), "name": "ACME",
-                     "payment_terms": "net30", "lock_owner": False},
+        "customer": {
+            "credit_limit": D("10000"),
+            "open_balance": D("5000"),
+            "name": "ACME",
+            "payment_terms": "net30",
+            "lock_owner": False,
+        },
         "actor": {"id": "bob", "roles": ["sales_rep"], "org": "east"},
         "key": "SO-1",
         "state": "draft",
@@ -103,7 +120,10 @@ def test_verdicts_in_rule_order(backend: RulesBackend) -> None:
     ]
     out = backend.evaluate(backend.prepare("order", rules), facts())
     assert [(v.rule, v.fired) for v in out] == [
-        ("r0", False), ("r1", True), ("r2", True), ("r3", False)
+        ("r0", False),
+        ("r1", True),
+        ("r2", True),
+        ("r3", False),
     ]
 
 
@@ -112,8 +132,14 @@ def test_verdicts_in_rule_order(backend: RulesBackend) -> None:
     [("5000", False), ("5000.0001", True), ("4999.9999", False), ("5000.00001", True)],
 )
 def test_money_boundary_is_exact(backend: RulesBackend, amount: str, fired: bool) -> None:
-    assert one(backend, "amount + customer.open_balance > customer.credit_limit",
-               facts(amount=D(amount))).fired is fired
+    assert (
+        one(
+            backend,
+            "amount + customer.open_balance > customer.credit_limit",
+            facts(amount=D(amount)),
+        ).fired
+        is fired
+    )
 
 
 def test_float_rounding_trap(backend: RulesBackend) -> None:
@@ -142,8 +168,12 @@ def test_float_rounding_trap(backend: RulesBackend) -> None:
     ],
 )
 def test_null_rule(backend: RulesBackend, when: str, fired: bool) -> None:
-    f = facts(amount=None, prepayment_received=None, key=None,
-              customer={"credit_limit": D(5), "name": None})
+    f = facts(
+        amount=None,
+        prepayment_received=None,
+        key=None,
+        customer={"credit_limit": D(5), "name": None},
+    )
     assert one(backend, when, f).fired is fired
 
 
@@ -191,8 +221,12 @@ def test_rendering() -> None:
 
 
 def test_message_rendering_in_both(backend: RulesBackend) -> None:
-    v = one(backend, "True", facts(amount=D("1234.50")),
-            message="{amount} {qty * 1000} {prepayment_received} {created} {actor.roles}")
+    v = one(
+        backend,
+        "True",
+        facts(amount=D("1234.50")),
+        message="{amount} {qty * 1000} {prepayment_received} {created} {actor.roles}",
+    )
     assert v.message == "1,234.50 3,000 no 2024-01-01 sales_rep"
 
 
@@ -202,8 +236,7 @@ def test_division_by_zero_is_none(backend: RulesBackend) -> None:
 
 
 def test_facts_accept_ints_strings_and_aware_datetimes(backend: RulesBackend) -> None:
-    f = facts(amount=8000, created="2024-01-01",
-              now=dt.datetime(2024, 1, 31, 12, tzinfo=dt.UTC))
+    f = facts(amount=8000, created="2024-01-01", now=dt.datetime(2024, 1, 31, 12, tzinfo=dt.UTC))
     assert one(backend, "amount == 8000 and days_since(created) == 30", f).fired
 
 
@@ -235,12 +268,15 @@ def test_two_durable_backends_same_group_name_keep_their_rules() -> None:
     b = make_backend("durable", namespace="engine-b")
     c = make_backend("durable", namespace="engine-a")  # even a reused namespace is isolated
     try:
-        ga = a.prepare("so/v1/approve", [compile_rule("r", when="qty > 1", effect="block",
-                                                      schema=SCHEMA)])
-        gb = b.prepare("so/v1/approve", [compile_rule("r", when="qty > 5", effect="block",
-                                                      schema=SCHEMA)])
-        gc = c.prepare("so/v1/approve", [compile_rule("r", when="qty < 0", effect="block",
-                                                      schema=SCHEMA)])
+        ga = a.prepare(
+            "so/v1/approve", [compile_rule("r", when="qty > 1", effect="block", schema=SCHEMA)]
+        )
+        gb = b.prepare(
+            "so/v1/approve", [compile_rule("r", when="qty > 5", effect="block", schema=SCHEMA)]
+        )
+        gc = c.prepare(
+            "so/v1/approve", [compile_rule("r", when="qty < 0", effect="block", schema=SCHEMA)]
+        )
         f = facts(qty=3)
         assert a.evaluate(ga, f)[0].fired is True
         assert b.evaluate(gb, f)[0].fired is False

@@ -11,11 +11,22 @@ from crmflow.rules import FunctionSpec, Schema, compile_rule, parse_expression
 from crmflow.rules._ast import BinOp, BoolOp, Compare, Const, Member, Name
 
 SCHEMA = Schema(
-    fields={"amount": "decimal", "prepayment_received": "bool", "key": "str", "state": "str",
-            "qty": "int", "created": "date"},
+    fields={
+        "amount": "decimal",
+        "prepayment_received": "bool",
+        "key": "str",
+        "state": "str",
+        "qty": "int",
+        "created": "date",
+    },
     namespaces={
-        "customer": {"credit_limit": "decimal", "open_balance": "decimal",
-                     "payment_terms": "str", "name": "str", "lock_owner": "bool"},
+        "customer": {
+            "credit_limit": "decimal",
+            "open_balance": "decimal",
+            "payment_terms": "str",
+            "name": "str",
+            "lock_owner": "bool",
+        },
         "actor": {"id": "str", "roles": "list[str]", "org": "str"},
     },
     functions={"double": FunctionSpec("double", ("decimal",), "decimal", lambda x: x * 2)},

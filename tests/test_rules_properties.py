@@ -15,10 +15,18 @@ from crmflow._errors import ExpressionError
 from crmflow.rules import Schema, available_backends, compile_rule, make_backend
 
 SCHEMA = Schema(
-    fields={"a": "decimal", "b": "decimal", "n": "int", "s": "str", "t": "str", "f": "bool",
-            "d": "date"},
-    namespaces={"c": {"x": "decimal", "y": "int", "name": "str", "ok": "bool",
-                      "tags": "list[str]"}},
+    fields={
+        "a": "decimal",
+        "b": "decimal",
+        "n": "int",
+        "s": "str",
+        "t": "str",
+        "f": "bool",
+        "d": "date",
+    },
+    namespaces={
+        "c": {"x": "decimal", "y": "int", "name": "str", "ok": "bool", "tags": "list[str]"}
+    },
 )
 SETTINGS = settings(
     max_examples=int(__import__("os").environ.get("RULES_EXAMPLES", "250")),
@@ -65,13 +73,19 @@ CMP = st.sampled_from(["==", "!=", "<", "<=", ">", ">="])
 ATOMS = st.one_of(
     st.tuples(NUM, CMP, NUM).map(lambda p: f"{p[0]} {p[1]} {p[2]}"),
     st.tuples(STR, CMP, STR).map(lambda p: f"{p[0]} {p[1]} {p[2]}"),
-    st.tuples(st.sampled_from(["a", "n", "s", "f", "c.x", "c.ok", "(a + n)"]),
-              st.sampled_from(["==", "!="])).map(lambda p: f"{p[0]} {p[1]} None"),
+    st.tuples(
+        st.sampled_from(["a", "n", "s", "f", "c.x", "c.ok", "(a + n)"]),
+        st.sampled_from(["==", "!="]),
+    ).map(lambda p: f"{p[0]} {p[1]} None"),
     st.sampled_from(["f", "c.ok", "True", "False", "f == c.ok", "d < d", "d == d"]),
-    st.tuples(STR, st.sampled_from(["in", "not in"]),
-              st.sampled_from(["['a', 'b']", "[]", "c.tags", "['é', '']"])).map(" ".join),
-    st.tuples(NUM, st.sampled_from(["in", "not in"]),
-              st.sampled_from(["[1, 2.5, 13000]", "[0]"])).map(" ".join),
+    st.tuples(
+        STR,
+        st.sampled_from(["in", "not in"]),
+        st.sampled_from(["['a', 'b']", "[]", "c.tags", "['é', '']"]),
+    ).map(" ".join),
+    st.tuples(
+        NUM, st.sampled_from(["in", "not in"]), st.sampled_from(["[1, 2.5, 13000]", "[0]"])
+    ).map(" ".join),
     st.tuples(NUM, CMP, NUM, CMP, NUM).map(lambda p: " ".join(p)),
 )
 COND = st.recursive(
@@ -84,21 +98,45 @@ COND = st.recursive(
 )
 
 DECIMALS = st.sampled_from(
-    [None, "0", "1", "-1", "0.5", "1.25", "5000", "8000", "13000", "8000.0001", "0.0001",
-     "0.00001", "123456789012.5", "-0.0000"]
+    [
+        None,
+        "0",
+        "1",
+        "-1",
+        "0.5",
+        "1.25",
+        "5000",
+        "8000",
+        "13000",
+        "8000.0001",
+        "0.0001",
+        "0.00001",
+        "123456789012.5",
+        "-0.0000",
+    ]
 ).map(lambda v: None if v is None else Decimal(v))
 INTS = st.sampled_from([None, 0, 1, -2, 3, 13000, 10**16])
 STRS = st.sampled_from([None, "", "a", "b", "A", "é", "a\x00b", "ab"])
 BOOLS = st.sampled_from([None, True, False])
 FACTS = st.fixed_dictionaries(
     {
-        "a": DECIMALS, "b": DECIMALS, "n": INTS, "s": STRS, "t": STRS, "f": BOOLS,
+        "a": DECIMALS,
+        "b": DECIMALS,
+        "n": INTS,
+        "s": STRS,
+        "t": STRS,
+        "f": BOOLS,
         "d": st.sampled_from([None, dt.date(2024, 1, 1), dt.date(1999, 12, 31)]),
         "c": st.one_of(
             st.none(),
             st.fixed_dictionaries(
-                {"x": DECIMALS, "y": INTS, "name": STRS, "ok": BOOLS,
-                 "tags": st.sampled_from([None, [], ["a"], ["b", "é"]])}
+                {
+                    "x": DECIMALS,
+                    "y": INTS,
+                    "name": STRS,
+                    "ok": BOOLS,
+                    "tags": st.sampled_from([None, [], ["a"], ["b", "é"]]),
+                }
             ),
         ),
     }
@@ -154,9 +192,51 @@ def test_money_boundaries_are_exact(x: int, y: int, frac: int) -> None:
 
 
 TOKENS = st.sampled_from(
-    ["a", "c", ".", "x", "(", ")", "[", "]", "+", "-", "*", "/", "**", "==", "<", "not",
-     "and", "or", "in", "1", "2.5", "'s'", "None", "True", ",", "lambda", ":", "__class__",
-     "len", "f", "if", "else", "for", "is", "@", "~", "{", "}", "\n", "#", "=", ":=", "%"]
+    [
+        "a",
+        "c",
+        ".",
+        "x",
+        "(",
+        ")",
+        "[",
+        "]",
+        "+",
+        "-",
+        "*",
+        "/",
+        "**",
+        "==",
+        "<",
+        "not",
+        "and",
+        "or",
+        "in",
+        "1",
+        "2.5",
+        "'s'",
+        "None",
+        "True",
+        ",",
+        "lambda",
+        ":",
+        "__class__",
+        "len",
+        "f",
+        "if",
+        "else",
+        "for",
+        "is",
+        "@",
+        "~",
+        "{",
+        "}",
+        "\n",
+        "#",
+        "=",
+        ":=",
+        "%",
+    ]
 )
 
 

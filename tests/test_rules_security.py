@@ -146,11 +146,18 @@ def test_rules_package_never_uses_eval() -> None:
     for path in root.glob("*.py"):
         text = path.read_text()
         for banned in ("eval(", "exec(", "compile("):
-            hits = [line for line in text.splitlines()
-                    if banned in line and "evaluate" not in line and "def " not in line
-                    and not line.lstrip().startswith(("#", '"', "*"))]
+            hits = [
+                line
+                for line in text.splitlines()
+                if banned in line
+                and "evaluate" not in line
+                and "def " not in line
+                and not line.lstrip().startswith(("#", '"', "*"))
+            ]
             assert not [h for h in hits if f" {banned}" in h or h.lstrip().startswith(banned)], (
-                path, hits)
+                path,
+                hits,
+            )
 
 
 def test_rules_does_not_import_engine_or_plugins() -> None:
