@@ -1,4 +1,8 @@
-"""``crmflow demo``: a sales order driven through its guards, explained for a sales manager."""
+"""``crmflow demo``: the sales order story explained, then every shipped scenario.
+
+First a sales order is driven through its guards and explained for a sales manager; then every
+shipped scenario of every shipped workflow runs on the same SQLite file, printed as timelines.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from crmflow.engine._runtime import Engine
 from crmflow.plugins.hookspecs import hookimpl
 
 __all__ = ["run_demo"]
+
+#: The explained story's order (the shipped scenarios use SO-1001 and up).
+STORY = "SO-0001"
 
 ALICE = Actor("alice", roles={"sales_rep"}, org="east/team-1")
 BOB = Actor("bob", roles={"sales_manager"}, org="east")
@@ -98,23 +105,23 @@ def run_demo(db: Path, workflows: Path) -> int:
         org=org if org.is_file() else None,
     ) as engine:
         print(
-            f"crmflow demo: sales order SO-1001 on {db} (rules back end: {engine.rules_backend})\n"
+            f"crmflow demo: sales order {STORY} on {db} (rules back end: {engine.rules_backend})\n"
         )
         print("ACME Trading: credit limit 10,000, already owes 5,000, pays in advance.\n")
 
-        _say(clock, f"{NAMES['alice']} enters order SO-1001 for ACME Trading, amount 8,000")
+        _say(clock, f"{NAMES['alice']} enters order {STORY} for ACME Trading, amount 8,000")
         engine.start(
             "sales_order",
-            "SO-1001",
+            STORY,
             actor=ALICE,
             data={"customer_id": "C-ACME", "amount": Decimal("8000")},
         )
-        print(f"                  the order is {engine.get('SO-1001').state}")
+        print(f"                  the order is {engine.get(STORY).state}")
 
         clock.advance("5m")
         _say(clock, f"{NAMES['alice']} asks to approve it")
-        _explain(engine.fire("SO-1001", "approve", actor=ALICE))
-        options = engine.available("SO-1001", actor=ALICE)
+        _explain(engine.fire(STORY, "approve", actor=ALICE))
+        options = engine.available(STORY, actor=ALICE)
         can = [o.trigger for o in options if o.allowed]
         cannot = [o.trigger for o in options if not o.allowed]
         print(
@@ -126,19 +133,19 @@ def run_demo(db: Path, workflows: Path) -> int:
         _say(clock, f"{NAMES['alice']} tries again, overriding with a reason")
         _explain(
             engine.fire(
-                "SO-1001", "approve", actor=ALICE, override="customer promised to pay on Friday"
+                STORY, "approve", actor=ALICE, override="customer promised to pay on Friday"
             )
         )
 
         clock.advance("5m")
         reason = "ACME has paid on time for six years; payment promised Friday"
         _say(clock, f'{NAMES["bob"]} approves over the limit: "{reason}"')
-        _explain(engine.fire("SO-1001", "approve", actor=BOB, override=reason))
+        _explain(engine.fire(STORY, "approve", actor=BOB, override=reason))
 
         clock.advance("2h")
         _say(clock, f"{NAMES['wang']} wants to ship the goods")
-        _explain(engine.fire("SO-1001", "ship", actor=WANG))
-        for option in engine.available("SO-1001", actor=WANG):
+        _explain(engine.fire(STORY, "ship", actor=WANG))
+        for option in engine.available(STORY, actor=WANG):
             if option.trigger == "ship" and not option.allowed:
                 why = "; ".join(r.message for r in option.reasons)
                 print(f"                  the warehouse sees '{option.trigger}' blocked: {why}")
@@ -147,19 +154,19 @@ def run_demo(db: Path, workflows: Path) -> int:
         _say(clock, f"{NAMES['fiona']} records that the prepayment arrived")
         _explain(
             engine.fire(
-                "SO-1001", "confirm_prepayment", actor=FIONA, data={"prepayment_received": True}
+                STORY, "confirm_prepayment", actor=FIONA, data={"prepayment_received": True}
             )
         )
 
         clock.advance("30m")
         _say(clock, f"{NAMES['wang']} ships the goods")
-        _explain(engine.fire("SO-1001", "ship", actor=WANG))
+        _explain(engine.fire(STORY, "ship", actor=WANG))
 
         clock.advance("1h")
         _say(clock, f"{NAMES['fiona']} invoices the order")
         _explain(
             engine.fire(
-                "SO-1001",
+                STORY,
                 "invoice",
                 actor=FIONA,
                 data={"invoice_no": "INV-7001"},
@@ -168,7 +175,7 @@ def run_demo(db: Path, workflows: Path) -> int:
         )
         _say(clock, "the ERP retries the same invoice command (network hiccup)")
         again = engine.fire(
-            "SO-1001",
+            STORY,
             "invoice",
             actor=FIONA,
             data={"invoice_no": "INV-7001"},
@@ -178,10 +185,10 @@ def run_demo(db: Path, workflows: Path) -> int:
 
         clock.advance("14d")
         _say(clock, f"{NAMES['fiona']} records the payment")
-        _explain(engine.fire("SO-1001", "record_payment", actor=FIONA))
+        _explain(engine.fire(STORY, "record_payment", actor=FIONA))
 
-        print("\nHistory of SO-1001 (who did what, when and why):")
-        for entry in engine.history("SO-1001"):
+        print(f"\nHistory of {STORY} (who did what, when and why):")
+        for entry in engine.history(STORY):
             who = NAMES.get(entry.actor, entry.actor)
             if entry.kind in ("refused", "denied"):
                 move = f"(stays {entry.from_state})"
@@ -194,12 +201,39 @@ def run_demo(db: Path, workflows: Path) -> int:
             print(line.rstrip())
             if entry.reason:
                 print(f"      why: {entry.reason}")
-        report = engine.verify("SO-1001")
+        report = engine.verify(STORY)
         status = "intact" if report.ok else f"TAMPERED at entry {report.first_bad_seq}"
         print(f"\nHistory check: {report.checked} entries, hash chain {status}.")
         print(
             f"The ERP was asked for customer facts {erp.lookups} times, "
             "only when a rule needed them."
         )
-        print(f"The database is kept at {db} for later queries.")
-    return 0
+    scenarios = workflows / "scenarios"
+    passed = True
+    if scenarios.is_dir():
+        passed = _run_scenarios(scenarios, workflows, db)
+    print(f"\nThe database is kept at {db} for later queries.")
+    return 0 if passed else 1
+
+
+def _run_scenarios(scenarios: Path, workflows: Path, db: Path) -> bool:
+    """Every shipped scenario on the same file, each printed as a timeline."""
+    from crmflow.engine._simulate import ScenarioResult, simulate
+
+    print("\nThe shipped scenarios: one story for each path and each rule of each workflow.\n")
+
+    def show(result: ScenarioResult) -> None:
+        print(result.timeline())
+        print()
+
+    report = simulate(
+        [scenarios],
+        workflows=workflows,
+        store=f"sqlite:///{db}",
+        on_result=show,
+        load_entry_points=False,
+    )
+    for error in report.errors:
+        print(error.render())
+    print(report.summary())
+    return report.ok

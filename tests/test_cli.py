@@ -90,6 +90,9 @@ def test_demo_runs_on_sqlite_and_explains(tmp_path: Path) -> None:
     assert "REFUSED" in out and "credit_limit" in out and "3,000" in out
     assert "prepayment" in out
     assert "hash chain intact" in out
+    # Then every shipped scenario, as timelines, on the same file.
+    assert "complaint: " in out and "receivable: " in out and "onboarding: " in out
+    assert " 0 failed" in out.splitlines()[-3]
     assert db.exists()
 
 
