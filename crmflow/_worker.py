@@ -76,4 +76,3 @@ def run_worker(
                 break
             stop.wait(interval)
     return total
-

@@ -181,7 +181,9 @@ def test_every_step_of_a_complaint_is_reported_to_the_manager(engine: Engine) ->
     assert [(n["to"], n["channel"]) for n in result.effects["notifications"]] == [
         ("quinn", "inbox")
     ]
-    engine.fire("CP-6", "start_handling", actor=QUINN)
+    engine.fire("CP-6", "start_handling", actor=CORA)
+    engine.fire("CP-6", "promise_reply", actor=QUINN, data={"promised_reply_date": at(21, 17)})
+    # The manager's own action is not reported back to the manager.
     subjects = [n.subject for n in engine.inbox("quinn")]
     assert subjects == [
         "Complaint CP-6 (Hangzhou Tea Co.): now accepted",

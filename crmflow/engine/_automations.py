@@ -166,6 +166,7 @@ def run_automations(
                             instance_key=key,
                             event=event_name,
                             at=now,
+                            skip=(facts.get("actor") or {}).get("id"),
                         )
                     )
             elif action.kind == "set":

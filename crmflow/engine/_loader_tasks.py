@@ -106,9 +106,7 @@ def _items(
     items: list[ChecklistItemDef] = []
     depends_paths: dict[str, list[tuple[str, KeyPath]]] = {}
     # Ids written on items that had errors: a dependency on one is not a second mistake.
-    written = {
-        str(entry["id"]) for entry in entries if isinstance(entry, dict) and "id" in entry
-    }
+    written = {str(entry["id"]) for entry in entries if isinstance(entry, dict) and "id" in entry}
     for index, entry in enumerate(entries):
         item_path: KeyPath = (*path, index)
         try:

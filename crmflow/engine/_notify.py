@@ -202,8 +202,12 @@ class NotificationFactory:
         event: str,
         at: datetime,
         timer_id: str | None = None,
+        skip: str | None = None,
     ) -> list[OutboxRecord]:
-        """One outbox row per recipient and channel (de-duplicated); see the module docs."""
+        """One outbox row per recipient and channel (de-duplicated); see the module docs.
+
+        ``skip`` is the user who caused the change: nobody is told of their own action.
+        """
         chosen = tuple(channels) or self.default_channels
         rows: list[OutboxRecord] = []
         seen: set[tuple[str, str]] = set()
@@ -235,6 +239,8 @@ class NotificationFactory:
                 )
                 continue
             for recipient in resolved:
+                if skip is not None and recipient.user == skip:
+                    continue
                 for channel in chosen:
                     if (recipient.user, channel) in seen:
                         continue

@@ -66,7 +66,7 @@ from crmflow.plugins._storage_api import (
 from crmflow.plugins.directory import OrgDirectoryPlugin
 from crmflow.plugins.notifiers import Channel, LogChannel, RetryPolicy
 from crmflow.plugins.org_directory import OrgDirectory, load_org_file
-from crmflow.rules import FunctionSpec, Verdict, make_backend
+from crmflow.rules import FunctionSpec, RuleEvaluationError, Verdict, make_backend
 
 __all__ = ["Engine"]
 
@@ -911,7 +911,7 @@ class Engine(WorkOperations, TimerOperations):
             except MissingFact as exc:
                 reasons.append(Refusal(exc.rule or "facts", "block", str(exc), "supply the fact"))
                 verdicts = []
-            except (InvalidData, PluginError) as exc:
+            except (InvalidData, PluginError, RuleEvaluationError) as exc:
                 reasons.append(
                     Refusal("facts", "block", str(exc), "correct the facts the host supplies")
                 )

@@ -14,13 +14,13 @@ next working moment. Nothing is skipped: a due time already in the past fires at
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from crmflow.engine._calendar import ALWAYS, BusinessCalendar
 from crmflow.engine._model import TimerDef, WorkflowDef
+from crmflow.engine._notify import new_id
 from crmflow.plugins._storage_api import TimerRecord
 
 __all__ = ["due_time", "in_scope", "plan_timers", "timer_record"]
@@ -100,7 +100,7 @@ def timer_record(
 ) -> TimerRecord:
     """A new pending timer row for ``timer`` on instance ``key``."""
     return TimerRecord(
-        id=uuid.uuid4().hex,
+        id=new_id(),
         kind=kind or timer.kind,
         name=timer.name,
         due_at=due,

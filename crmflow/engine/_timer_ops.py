@@ -56,7 +56,7 @@ from crmflow.engine._cron import (
 )
 from crmflow.engine._effects import rule_facts
 from crmflow.engine._model import TimerDef
-from crmflow.engine._notify import CompiledNotify
+from crmflow.engine._notify import CompiledNotify, new_id
 from crmflow.plugins._storage_api import OutboxRecord, StorageTx, TimerRecord
 from crmflow.plugins.notifiers import DeliveryError, OutgoingMessage
 from crmflow.rules import RuleEvaluationError
@@ -493,7 +493,7 @@ class TimerOperations:
         if payload.get("working_time"):
             due = (self.calendar or ALWAYS).next_working_moment(due)
         record = TimerRecord(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             kind=kind,
             name=name,
             due_at=due,

@@ -732,19 +732,25 @@ class WorkOperations:
                 )
             if task_id not in open_ids:
                 raise UnknownTask(key, task_id, suggest(task_id, open_ids))
+            if by_id[task_id].assignee != record.owner:
+                raise InvalidData(
+                    "keep",
+                    f"task {task_id!r} is held by {by_id[task_id].holder}, not by "
+                    f"{record.owner}: only the owner's tasks move, so it stays where it is",
+                )
         refusals, warnings = self._reassign_check(record, compiled, actor, facts)
         if refusals:
             message = "; ".join(r.message for r in refusals)
             notice = self._notifications.build(
                 to=["manager"],
                 subject=f"Reassigning {key} to {to_owner} was refused",
-                body=f"{actor.id} asked to hand {key} from {record.owner} to {to_owner}: "
-                f"{message}",
+                body=f"{actor.id} asked to hand {key} from {record.owner} to {to_owner}: {message}",
                 channels=(),
                 owner=record.owner,
                 instance_key=key,
                 event="reassign_refused",
                 at=self.clock.now(),
+                skip=actor.id,
             )
             self._record_refusal(
                 record,
@@ -785,6 +791,7 @@ class WorkOperations:
             instance_key=key,
             event="reassign",
             at=now,
+            skip=actor.id,
         )
         effects: dict[str, Any] = {
             "owner_changed": [old, to_owner],
