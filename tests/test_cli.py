@@ -126,3 +126,36 @@ def test_an_error_inside_folded_rule_text_points_at_its_line(
     assert f"{target}:{line_no}:" in err, err
     assert "did you mean 'credit_limit'" in err
     assert f":{line_no}:{column}:" in err, err
+
+
+def test_diagram_highlights_a_stored_instance_and_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crmflow import Actor, Engine
+
+    url = f"sqlite:///{tmp_path / 'crm.db'}"
+    rep = Actor("alice", roles={"sales_rep"})
+    with Engine.from_path(WORKFLOWS, store=url, load_entry_points=False) as engine:
+        engine.start("deal", "D-1", actor=rep, data={"company": "ACME"})
+        engine.fire("D-1", "qualify", actor=rep)
+    assert (
+        main(["diagram", "deal", "--path", str(WORKFLOWS), "--instance", "D-1", "--store", url])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "class s_opportunity_X_initial_contact current" in out
+    assert "class s_lead visited" in out
+    assert main(["diagram", "deal", "--path", str(WORKFLOWS), "--instance", "D-1"]) == 2
+    assert "--store" in capsys.readouterr().err
+
+
+def test_explore_and_forecast_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--explore", "50", "--workflows", str(WORKFLOWS), "deal"]) == 0
+    assert "No violation." in capsys.readouterr().out
+    assert main(["simulate", "--explore", "5", "--workflows", str(WORKFLOWS), "dael"]) == 2
+    assert "did you mean 'deal'" in capsys.readouterr().err
+    forecast_file = WORKFLOWS / "forecasts" / "deal.forecast.yaml"
+    code = main(["forecast", str(forecast_file), "--workflows", str(WORKFLOWS), "--leads", "50"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Funnel" in out and "Time to close" in out
