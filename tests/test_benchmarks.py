@@ -106,3 +106,83 @@ def test_tick_benchmark_runs_and_prints_ratios() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("ratio") == 3
     assert "raw sqlite3" in proc.stdout and "2,000 pending, not due" in proc.stdout
+
+
+SCENARIO_BENCH = BENCH.parent / "bench_scenarios.py"
+
+
+@pytest.fixture(scope="module")
+def bench_scenarios() -> Iterator[ModuleType]:
+    """``benchmarks/bench_scenarios.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location("bench_scenarios", SCENARIO_BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_scenario_benchmark_direct_calls_match_simulate(bench_scenarios: ModuleType) -> None:
+    import crmflow.engine._simulate as simulate_module
+
+    files = bench_scenarios.load_files()
+    assert [Path(f.source).name for f in files] == [
+        "complaint.yaml",
+        "deal.yaml",
+        "onboarding.yaml",
+        "receivable.yaml",
+        "sales_order.yaml",
+    ]
+    steps = sum(len(s.steps) for f in files for s in f.scenarios)
+    assert steps >= 100
+    # Every scenario passes, and the direct calls leave what run_scenario() leaves.
+    assert bench_scenarios.verify(files) == steps
+    assert simulate_module.Engine is Engine
+    # Each way runs every step of every scenario.
+    assert bench_scenarios.run_direct(files) == steps
+    assert bench_scenarios.run_loaded(files) == steps
+    assert bench_scenarios.load_and_run() == steps
+
+
+def test_scenario_benchmark_notices_a_call_left_out(
+    bench_scenarios: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = bench_scenarios.load_files()
+    monkeypatch.setitem(bench_scenarios.CALLS, "record_cost", bench_scenarios.CALLS["wait"])
+    with pytest.raises(AssertionError, match="the direct calls left a different outcome"):
+        bench_scenarios.verify(files)
+
+
+def test_scenario_benchmark_times_every_way(bench_scenarios: ModuleType) -> None:
+    import crmflow.engine._simulate as simulate_module
+
+    files = bench_scenarios.load_files()
+    timings = bench_scenarios.measure(files, 0.0, 2)
+    assert simulate_module.Engine is Engine
+    assert timings.scenarios == sum(len(f.scenarios) for f in files) >= 15
+    for way in (timings.direct, timings.run_only, timings.load_and_run):
+        _rates_ok(way.total, 2)
+        _rates_ok(way.setup, 2)
+        # Each way builds its engines through TimedEngine, so setup is part of every pass.
+        assert all(s < t for s, t in zip(way.setup, way.total, strict=True))
+    _rates_ok(timings.load.total, 2)
+    assert timings.load.setup == [0.0, 0.0]
+    lines = bench_scenarios.report(timings)
+    assert sum("ratio" in line for line in lines) == 2
+    assert sum("direct engine calls (baseline)" in line for line in lines) == 2
+    assert any("simulate(): load + run" in line for line in lines)
+
+
+def test_scenario_benchmark_runs_and_prints_ratios() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCENARIO_BENCH), "--seconds", "0.01", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[whole pass]" in proc.stdout and "[steps alone]" in proc.stdout
+    assert proc.stdout.count("1.000") == 2  # the baseline row of each table
+    assert "loading the files alone" in proc.stdout

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from junitparser import Failure, JUnitXml, TestSuite
 
 from crmflow.cli import main
 from crmflow.engine import Engine
@@ -169,6 +170,58 @@ def test_a_broken_scenario_fails_with_expected_actual_and_line(
     )
     # Only the attributes the common JUnit schema allows on a test case.
     assert {k for c in cases for k in c.attrib} == {"name", "classname", "time"}
+
+
+def test_the_junit_report_reads_with_a_junit_library(
+    capsys: pytest.CaptureFixture[str], broken: tuple[Path, int, int], tmp_path: Path
+) -> None:
+    path, line, column = broken
+    step_line = next(
+        i
+        for i, text in enumerate(path.read_text().splitlines(), 1)
+        if "at: 2026-01-07T09:30" in text
+    )
+    junit = tmp_path / "simulate.xml"
+    code, _, _ = run(capsys, str(path), "--workflows", str(WORKFLOWS), "--junit", str(junit))
+    assert code == 1
+
+    xml = JUnitXml.fromfile(str(junit))
+    assert isinstance(xml, JUnitXml)  # a <testsuites> document
+    assert (xml.tests, xml.failures, xml.errors, xml.skipped) == (5, 1, 0, 0)
+    suites = list(xml)
+    assert len(suites) == 1 and isinstance(suites[0], TestSuite)
+    suite = suites[0]
+    assert suite.name == str(path)
+    assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (5, 1, 0, 0)
+    assert {p.name: p.value for p in suite.properties()} == {"file": str(path)}
+    assert suite.hostname and suite.timestamp
+
+    cases = list(suite)
+    assert len(cases) == 5
+    assert all(c.classname.endswith("scenarios.sales_order") for c in cases)
+    assert all(c.time >= 0 and c.system_out for c in cases)
+    failed = [c for c in cases if not c.is_passed]
+    assert [c.name for c in failed] == ["a prepaid order goes from draft to paid"]
+    assert failed[0].is_failure and not failed[0].is_error
+    (result,) = failed[0].result
+    assert isinstance(result, Failure)
+    assert result.type == "ExpectationFailed"
+    head, *mismatches = (result.message or "").splitlines()
+    assert head == (
+        "scenario 'a prepaid order goes from draft to paid' failed at step 7 "
+        f"(fire invoice on SO-1001 as frank, line {step_line})"
+    )
+    assert mismatches == [f"{path}:{line}:{column}: expect.state: expected 'paid', got 'invoiced'"]
+    assert "FAILED " + mismatches[0] in (result.text or "")
+    assert "  FAIL (7 steps, " in (failed[0].system_out or "")
+
+    # The counts written agree with those the reader works out from the cases.
+    def counts() -> list[tuple[int, int, int, int]]:
+        return [(x.tests, x.failures, x.errors, x.skipped) for x in (xml, suite)]
+
+    written = counts()
+    xml.update_statistics()
+    assert counts() == written
 
 
 def test_a_file_with_mistakes_is_reported_and_is_an_error_in_junit(
