@@ -217,6 +217,7 @@ def test_rendering() -> None:
     assert render_value(dt.datetime(2024, 2, 1, 17, 0, 5, tzinfo=shanghai)) == (
         "2024-02-01 09:00:05 UTC"
     )
+    assert render_value(dt.datetime(2024, 2, 1, 9, 30), shanghai) == "2024-02-01 17:30 +08:00"
     assert render_value(D("-0.5")) == "-0.5"
 
 

@@ -92,7 +92,8 @@ def test_promised_reply_gets_exactly_one_reminder_two_days_before(
     engine.tick()
     (sent,) = _sent(engine, "timer:reply_reminder")
     assert (sent.recipient, sent.channel, sent.status) == ("cora", "inbox", "delivered")
-    assert sent.subject == "Reply to Hangzhou Tea Co. is due at 2026-01-08 09:00 UTC"
+    # Shown in the service desk calendar's zone, with its offset.
+    assert sent.subject == "Reply to Hangzhou Tea Co. is due at 2026-01-08 17:00 +08:00"
     entry = next(h for h in engine.history("CP-1") if h.kind == "timer")
     assert entry.actor == "timer:reply_reminder"
     assert entry.details["notifications"][0]["to"] == "cora"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from crmflow._task_types import Task
@@ -28,7 +28,8 @@ from crmflow.engine._notify import (
 from crmflow.engine._schedule import due_time, timer_record
 from crmflow.plugins._storage_api import OutboxRecord, TimerRecord
 from crmflow.rules import CompiledRule, Schema
-from crmflow.rules._rule import decide
+from crmflow.rules._evaluate import truth
+from crmflow.rules._rule import make_env
 
 __all__ = [
     "AutomationOutcome",
@@ -117,12 +118,19 @@ def compile_timer_notifies(defn: WorkflowDef, schema: Schema) -> dict[str, Compi
     }
 
 
-def render(notify: CompiledNotify, facts: Mapping[str, Any]) -> tuple[str, str] | None:
-    """Subject and body rendered over ``facts`` (``None`` when its condition does not hold)."""
-    verdict = decide(notify.rule, facts)
-    if not verdict.fired:
+def render(
+    notify: CompiledNotify, facts: Mapping[str, Any], zone: tzinfo | None = None
+) -> tuple[str, str] | None:
+    """Subject and body rendered over ``facts`` (``None`` when its condition does not hold).
+
+    Date-times are shown in ``zone`` (the business calendar's), with their offset.
+    """
+    rule = notify.rule
+    env = make_env(rule, facts)
+    env.zone = zone
+    if not truth(rule.when, env):
         return None
-    return verdict.message, verdict.hint
+    return rule.message.render(env), rule.hint.render(env)
 
 
 def run_automations(
@@ -154,7 +162,9 @@ def run_automations(
         for number, action in enumerate(auto.defn.actions):
             if action.kind == "notify":
                 assert action.notify is not None
-                rendered = render(auto.notifies[number], facts)
+                rendered = render(
+                    auto.notifies[number], facts, calendar.zone if calendar else None
+                )
                 if rendered is not None:
                     outcome.outbox.extend(
                         factory.build(

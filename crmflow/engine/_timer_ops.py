@@ -315,7 +315,8 @@ class TimerOperations:
                 now=now,
                 fields=compiled.defn.fields,
             )
-            rendered = render(notify, facts)
+            calendar = compiled.defn.calendar or self.calendar
+            rendered = render(notify, facts, calendar.zone if calendar else None)
             if rendered is not None:
                 outbox = self._notifications.build(
                     to=notify.defn.to,

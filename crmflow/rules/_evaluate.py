@@ -71,6 +71,8 @@ class Env:
     functions: Mapping[str, FunctionSpec]
     now: _dt.datetime | None
     rule: str = ""
+    #: Where date-times are shown when a template renders them (``None``: UTC).
+    zone: _dt.tzinfo | None = None
 
 
 def _utc_naive(value: _dt.datetime) -> _dt.datetime:

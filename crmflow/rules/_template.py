@@ -34,11 +34,14 @@ class Template:
         """Render with every placeholder evaluated over ``env``."""
         out: list[str] = []
         for part in self.parts:
-            out.append(part if isinstance(part, str) else render_value(evaluate(part, env)))
+            if isinstance(part, str):
+                out.append(part)
+            else:
+                out.append(render_value(evaluate(part, env), env.zone))
         return "".join(out)
 
 
-def render_value(value: Any) -> str:
+def render_value(value: Any, zone: _dt.tzinfo | None = None) -> str:
     """Render one value the way messages show it (thousands separators, yes/no, ISO dates)."""
     if value is None:
         return "(none)"
@@ -51,14 +54,19 @@ def render_value(value: Any) -> str:
             return f"{int(value):,}"
         return f"{value:,f}"
     if isinstance(value, _dt.datetime):
-        # Evaluation holds moments as naive UTC; say so rather than print a bare clock time.
-        moment = value if value.tzinfo is None else value.astimezone(_dt.UTC)
+        # Evaluation holds moments as naive UTC; show them in ``zone`` with its offset, or say
+        # UTC, rather than print a bare clock time.
+        moment = value.replace(tzinfo=_dt.UTC) if value.tzinfo is None else value
+        moment = moment.astimezone(zone or _dt.UTC)
         shown = f"{moment:%Y-%m-%d %H:%M:%S}" if moment.second else f"{moment:%Y-%m-%d %H:%M}"
-        return f"{shown} UTC"
+        if zone is None:
+            return f"{shown} UTC"
+        offset = moment.strftime("%z")  # +0800
+        return f"{shown} {offset[:3]}:{offset[3:]}"
     if isinstance(value, _dt.date):
         return value.isoformat()
     if isinstance(value, list):
-        return ", ".join(render_value(v) for v in value)
+        return ", ".join(render_value(v, zone) for v in value)
     return str(value)
 
 
