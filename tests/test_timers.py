@@ -396,3 +396,13 @@ def test_a_reminder_follows_the_users_own_time_zone(engine: Engine, clock: Virtu
     # wes works in Hamburg (examples/org.yaml): Monday 10:00 there is 17:00 in Shanghai.
     reminder = engine.add_reminder("wes", message="Export meeting", cron="0 10 * * 1")
     assert reminder.due_at == at(12, 17)
+
+
+def test_escalating_by_hand_ends_the_deadline(engine: Engine, clock: VirtualClock) -> None:
+    _complaint(engine, "CP-10", promised=at(20, 17))
+    result = engine.fire("CP-10", "escalate", actor=QUINN)
+    assert "reply_deadline" in result.effects["timers_cancelled"]
+    clock.set(at(14, 12))
+    engine.tick()
+    assert _sent(engine, "timer:reply_deadline") == []
+    assert [h.trigger for h in engine.history("CP-10")].count("escalate") == 1

@@ -72,6 +72,7 @@ TIMER_KEYS: Mapping[str, bool] = MappingProxyType(
         "fire": False,
         "notify": False,
         "reset_on": False,
+        "cancel_on": False,
     }
 )
 #: A timer an automation starts: its scope is the state current when it starts.
@@ -535,6 +536,18 @@ def _timer(
                         reset_on.append(trigger)
             except b.Skip:
                 pass
+    cancel_on: list[str] = []
+    if spec.get("cancel_on") is not None:
+        try:
+            for item, item_path in _entries(b, spec["cancel_on"], (*path, "cancel_on"), "trigger"):
+                try:
+                    trigger = _trigger(b, item, item_path)
+                except b.Skip:
+                    continue
+                if trigger not in cancel_on:
+                    cancel_on.append(trigger)
+        except b.Skip:
+            pass
     if fire is not None and len(b.errors) == failed:
         if not started:
             _check_fire(b, fire, _live_leaves(b, states), (*path, "fire"), "where this timer runs")
@@ -558,6 +571,7 @@ def _timer(
         fire=fire,
         notify=notify,
         reset_on=tuple(reset_on),
+        cancel_on=tuple(cancel_on),
         pos=b.doc.pos((*path, "name")),
     )
 

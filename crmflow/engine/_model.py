@@ -278,6 +278,8 @@ class TimerDef:
     fire: str | None = None
     notify: NotifyDef | None = None
     reset_on: tuple[str, ...] = ()
+    #: Triggers that end the timer early (a manager escalating by hand ends the deadline).
+    cancel_on: tuple[str, ...] = ()
     pos: SourcePos = NOWHERE
 
 

@@ -135,7 +135,7 @@ def plan_timers(
     for timer in defn.timers if timers is None else timers:
         was = in_scope(defn, timer, from_state)
         now_in = in_scope(defn, timer, to_state)
-        if was and not now_in:
+        if was and (not now_in or (trigger is not None and trigger in timer.cancel_on)):
             cancel.append(timer.name)
             continue
         reset = (timer.kind == "after" and trigger is not None and trigger in timer.reset_on) or (

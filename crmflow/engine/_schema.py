@@ -159,6 +159,7 @@ _TIMER: dict[str, Any] = {
     "fire": {"$ref": _REF + "identifier"},
     "notify": {"$ref": _REF + "notify"},
     "reset_on": _TRIGGERS,
+    "cancel_on": _TRIGGERS,
 }
 _START_TIMER: dict[str, Any] = {k: v for k, v in _TIMER.items() if k != "in_state"}
 # Exactly one kind; 'of' and 'before' go together; something happens when it is due.
