@@ -162,9 +162,7 @@ def run_automations(
         for number, action in enumerate(auto.defn.actions):
             if action.kind == "notify":
                 assert action.notify is not None
-                rendered = render(
-                    auto.notifies[number], facts, calendar.zone if calendar else None
-                )
+                rendered = render(auto.notifies[number], facts, calendar.zone if calendar else None)
                 if rendered is not None:
                     outcome.outbox.extend(
                         factory.build(

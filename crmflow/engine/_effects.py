@@ -200,13 +200,18 @@ def plan_side_effects(
 
 def _delegate(tasks: list[Task], factory: NotificationFactory, now: datetime) -> list[Task]:
     """Tasks for someone away go to their proxy while the delegation lasts (noted on the task)."""
+    proxies: dict[str, tuple[str, str] | None] = {}  # one lookup per assignee, not per task
     result: list[Task] = []
     for task in tasks:
-        if task.assignee is None:
-            result.append(task)
-            continue
-        found = factory.resolve(f"user:{task.assignee}", owner=None, at=now, instance_key=task.key)
-        if isinstance(found, list) and len(found) == 1 and found[0].delegated:
-            task = replace(task, assignee=found[0].user, note=f"delegated: {found[0].reason}")
+        if task.assignee is not None and task.assignee not in proxies:
+            found = factory.resolve(
+                f"user:{task.assignee}", owner=None, at=now, instance_key=task.key
+            )
+            proxies[task.assignee] = None
+            if isinstance(found, list) and len(found) == 1 and found[0].delegated:
+                proxies[task.assignee] = (found[0].user, found[0].reason)
+        proxy = proxies.get(task.assignee) if task.assignee is not None else None
+        if proxy is not None:
+            task = replace(task, assignee=proxy[0], note=f"delegated: {proxy[1]}")
         result.append(task)
     return result

@@ -148,6 +148,7 @@ class Engine(WorkOperations, TimerOperations):
         ]:
             self.channels[channel.name] = channel
         self.retry = retry or RetryPolicy()
+        self._init_timers()
         self._notifications = NotificationFactory(
             self.plugins,
             default_channels=default_channels,

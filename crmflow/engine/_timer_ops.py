@@ -128,7 +128,8 @@ class _TimerLost(Exception):
     """Internal: another worker finished (or someone cancelled) the timer first: roll back."""
 
 
-def _default_worker() -> str:
+def default_worker() -> str:
+    """A claimant name unique to this process: host, pid and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
@@ -187,20 +188,17 @@ class TimerOperations:
             in_tx: Callable[[StorageTx], None] | None = None,
         ) -> tuple[int, dict[str, Any]]: ...
 
+    #: This engine's name as a claimant of timers and notifications.
     worker_id: str
+    #: Jitter for retry delays (per engine: no shared random state).
     _rng: random.Random
 
-    def _worker(self, worker: str | None) -> str:
-        if worker is not None:
-            return worker
-        if not hasattr(self, "worker_id"):
-            self.worker_id = _default_worker()
-        return self.worker_id
+    def _init_timers(self) -> None:
+        self.worker_id = default_worker()
+        self._rng = random.Random()
 
-    def _random(self) -> random.Random:
-        if not hasattr(self, "_rng"):
-            self._rng = random.Random()
-        return self._rng
+    def _worker(self, worker: str | None) -> str:
+        return worker if worker is not None else self.worker_id
 
     # -- tick -----------------------------------------------------------------------------
 
@@ -662,9 +660,7 @@ class TimerOperations:
                     status, error = "failed", f"{type(exc).__name__}: {exc}"
         next_at: datetime | None = None
         if status == "failed":
-            next_at = (
-                self.retry.next_attempt_at(now, attempt, self._random()) if retryable else None
-            )
+            next_at = self.retry.next_attempt_at(now, attempt, self._rng) if retryable else None
             if next_at is not None and retry_after is not None:
                 next_at = max(next_at, now + retry_after)
             status = "pending" if next_at is not None else "dead"

@@ -626,24 +626,14 @@ class WorkOperations:
         actor: Actor,
         facts: Mapping[str, Any] | None,
     ) -> tuple[list[Refusal], list[Refusal]]:
+        # The role is checked before this (_check_reassign_role): only the rules remain.
         ct = compiled.reassign
         assert ct is not None  # compile_workflow always builds it
-        refusals: list[Refusal] = []
-        if not actor.has_any_role(ct.defn.roles):
-            roles = ", ".join(ct.defn.roles)
-            refusals.append(
-                Refusal(
-                    "roles",
-                    "block",
-                    f"reassigning requires one of the roles {roles}",
-                    f"ask someone with the role {roles}",
-                )
-            )
         verdicts = self._verdicts(
             ct, self._facts_for(compiled, ct, record, dict(record.data), actor, facts)
         )
-        rule_refusals, warnings, _ = self._judge(verdicts, actor, None)
-        return [*refusals, *rule_refusals], warnings
+        refusals, warnings, _ = self._judge(verdicts, actor, None)
+        return refusals, warnings
 
     def _owner_load(self, compiled: CompiledWorkflow, owner: str) -> OwnerLoad:
         defn = compiled.defn

@@ -61,7 +61,7 @@ from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import registry
 from sqlalchemy.schema import CreateIndex
-from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlmodel import Field, SQLModel
 
 from crmflow._codec import dumps, loads
@@ -129,6 +129,7 @@ _PAGE = 500
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
 T = TypeVar("T")
+_Claimed = TypeVar("_Claimed", TimerRecord, OutboxRecord)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1286,24 +1287,47 @@ class SqlStorage:
         lock serialises claimers), then set ``claimed_by`` and ``lease_until``. The returned
         records carry the claim.
         """
+        return self._claim(
+            "claim_due_timers",
+            _CLAIMABLE_TIMERS,
+            _CLAIM_TIMERS,
+            _timer_from_row,
+            now,
+            worker,
+            lease,
+            limit,
+        )
+
+    def _claim(
+        self,
+        what: str,
+        claimable: ClauseElement,
+        claim: Executable,
+        from_row: Callable[[Sequence[Any]], _Claimed],
+        now: datetime,
+        worker: str,
+        lease: timedelta,
+        limit: int,
+    ) -> list[_Claimed]:
+        """Select the claimable rows and set their claim, in one short write transaction."""
         now_us = to_epoch_us(now, "now")
         until_us = now_us + lease_micros(lease)
         if limit < 1:
             return []
 
-        def run(conn: Connection) -> list[TimerRecord]:
-            rows = _rows(conn, _CLAIMABLE_TIMERS, {"now": now_us, "limit": limit})
+        def run(conn: Connection) -> list[_Claimed]:
+            rows = _rows(conn, claimable, {"now": now_us, "limit": limit})
             if not rows:
                 return []
-            found = [_timer_from_row(r) for r in rows]
+            found = [from_row(r) for r in rows]
             conn.execute(
-                _CLAIM_TIMERS,
-                {"w_ids": [t.id for t in found], "claimed_by": worker, "lease_us": until_us},
+                claim,
+                {"w_ids": [r.id for r in found], "claimed_by": worker, "lease_us": until_us},
             )
             lease_until = from_epoch_us(until_us)
-            return [replace(t, claimed_by=worker, lease_until=lease_until) for t in found]
+            return [replace(r, claimed_by=worker, lease_until=lease_until) for r in found]
 
-        return self._write("claim_due_timers", run)
+        return self._write(what, run)
 
     def release_timer(self, timer_id: str, worker: str) -> None:
         """Give ``worker``'s claim back; the timer stays pending and is claimable at once."""
@@ -1359,24 +1383,16 @@ class SqlStorage:
 
         Same transaction and locking as :meth:`claim_due_timers`.
         """
-        now_us = to_epoch_us(now, "now")
-        until_us = now_us + lease_micros(lease)
-        if limit < 1:
-            return []
-
-        def run(conn: Connection) -> list[OutboxRecord]:
-            rows = _rows(conn, _CLAIMABLE_OUTBOX, {"now": now_us, "limit": limit})
-            if not rows:
-                return []
-            found = [_outbox_from_row(r) for r in rows]
-            conn.execute(
-                _CLAIM_OUTBOX,
-                {"w_ids": [o.id for o in found], "claimed_by": worker, "lease_us": until_us},
-            )
-            lease_until = from_epoch_us(until_us)
-            return [replace(o, claimed_by=worker, lease_until=lease_until) for o in found]
-
-        return self._write("claim_due_outbox", run)
+        return self._claim(
+            "claim_due_outbox",
+            _CLAIMABLE_OUTBOX,
+            _CLAIM_OUTBOX,
+            _outbox_from_row,
+            now,
+            worker,
+            lease,
+            limit,
+        )
 
     def finish_delivery(
         self,
