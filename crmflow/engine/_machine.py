@@ -8,7 +8,12 @@ subclass so that no other user of ``transitions`` in the process is affected.
 Records are not attached to the machine: one cursor object carries a record's state through
 one trigger, so memory does not grow with the number of records. ``transitions`` keeps
 per-trigger bookkeeping on the machine itself (the nested machine's current path), so one lock
-per machine serialises triggers; the critical section is a few microseconds.
+per machine serialises triggers.
+
+The machine carries no conditions and no callbacks (guards are our rules, effects our
+storage), so the state a trigger reaches from a state is a pure function of the two: each pair
+is put to ``transitions`` once and its answer kept. A workflow has at most states x triggers
+pairs, and the first fire of each pair goes through ``transitions`` exactly as before.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ class WorkflowMachine:
         self._cursor = _Cursor()
         machine.add_model(self._cursor)
         self._lock = threading.Lock()
+        #: (state, trigger) -> destination, as ``transitions`` answered it.
+        self._decided: dict[tuple[str, str], str] = {}
 
     def fire(self, state: str, trigger: str) -> str:
         """Return the state reached by firing ``trigger`` from ``state``.
@@ -98,6 +105,9 @@ class WorkflowMachine:
         The caller has checked that the trigger exists from that state; a refusal here means
         the definition and the machine disagree, which is a bug, so it raises.
         """
+        decided = self._decided.get((state, trigger))
+        if decided is not None:
+            return decided
         with self._lock:
             cursor = self._cursor
             self._machine.set_state(state, cursor)
@@ -112,4 +122,6 @@ class WorkflowMachine:
                 raise CrmflowError(
                     f"workflow {self.workflow!r}: trigger {trigger!r} from {state!r} did not fire"
                 )
-            return str(cursor.state)
+            dest = str(cursor.state)
+            self._decided[(state, trigger)] = dest
+            return dest
