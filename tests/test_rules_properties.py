@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 
 from crmflow._errors import ExpressionError
 from crmflow.rules import Schema, available_backends, compile_rule, make_backend
+from crmflow.rules._compile import LIMIT, SCALE, Inexact, _encoder, encode, plan_condition
+from crmflow.rules._rule import make_env
 
 SCHEMA = Schema(
     fields={
@@ -265,3 +268,66 @@ def test_python_backend_never_raises_on_well_typed_rules(when: str, facts: dict[
     py = _backend("python")
     (verdict,) = py.evaluate(py.prepare("g", [rule]), facts)
     assert verdict.message in ("yes", "no", "") and verdict.fired in (True, False)
+
+
+# -- what durable is sent ----------------------------------------------------------------------
+def _outcome(encoder: Any, value: Any) -> Any:
+    try:
+        return ("ok", encoder(value))
+    except Inexact:
+        return ("inexact", None)  # the rule is then decided in Python, whatever the reason
+
+
+_EDGE_DECIMALS = [
+    Decimal("1E+1000"),
+    Decimal("-1E-1000"),
+    Decimal("900719925474.0991"),
+    Decimal("900719925474.0992"),
+    Decimal("-900719925474.0992"),
+    Decimal("0E-30"),
+    Decimal("-0"),
+    Decimal("1.00000"),
+    Decimal("1.00001"),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.decimals(allow_nan=False, allow_infinity=False, places=4),
+        st.sampled_from(_EDGE_DECIMALS),
+    )
+)
+def test_decimal_values_are_posted_exactly_as_the_reference_encodes_them(value: Decimal) -> None:
+    assert _outcome(_encoder("decimal"), value) == _outcome(lambda v: encode("decimal", v), value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.integers(),
+        st.integers(min_value=LIMIT // 10**SCALE - 3, max_value=LIMIT // 10**SCALE + 3),
+        st.integers(min_value=-(LIMIT // 10**SCALE) - 3, max_value=-(LIMIT // 10**SCALE) + 3),
+    )
+)
+def test_int_values_are_posted_exactly_as_the_reference_encodes_them(value: int) -> None:
+    assert _outcome(_encoder("int"), value) == _outcome(lambda v: encode("int", v), value)
+
+
+def test_the_message_text_holds_every_value_at_its_path() -> None:
+    # Fields and namespace attributes interleaved: the text's slots follow its nesting, not
+    # the order the condition reads them in.
+    rule = compile_rule(
+        "r",
+        when="c.x > a and n < c.y and lower(s) == 'x' and f",
+        effect="warn",
+        schema=SCHEMA,
+    )
+    plan = plan_condition(rule.when)
+    facts = {"a": Decimal("1.5"), "n": 3, "s": 'q"%s', "f": True, "c": {"x": None, "y": 7}}
+    message = json.loads(plan.text(make_env(rule, facts), "0", "42"))
+    assert message["sid"] == "0"
+    assert message["id"] == "42"
+    assert message["v"] == {"c": {"x": None, "y": 70000}, "a": 15000, "n": 30000, "f": True}
+    assert message["x"] == {"zero": 0, "one": 1, "d0": 'q"%s'}

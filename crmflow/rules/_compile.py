@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
+from json.encoder import encode_basestring as _quote
 from typing import Any
 
 from ._ast import (
@@ -44,7 +46,7 @@ from ._ast import (
     Unary,
     walk,
 )
-from ._evaluate import Env, compare, evaluate
+from ._evaluate import _NO_VALUES, Env, compare, evaluate
 
 __all__ = ["LIMIT", "SCALE", "DurablePlan", "NotCompilable", "encode", "plan_condition"]
 
@@ -148,6 +150,62 @@ def encode(typ: str, value: Any) -> Any:
     raise Inexact(f"type {typ} is not posted")
 
 
+def _scaled_int(value: Any) -> Any:
+    if type(value) is not int:
+        return encode("int", value)
+    as_int = value * _FACTOR
+    if -LIMIT < as_int < LIMIT:
+        return as_int
+    raise Inexact(f"{value} is too large")
+
+
+def _scaled_decimal(value: Any) -> Any:
+    if type(value) is not Decimal or not value.is_finite():
+        return encode("decimal", value)
+    # A bound on the magnitude first: the exact ratio of a huge exponent would be a huge int.
+    if value and value.adjusted() > _MAX_ADJUSTED:
+        raise Inexact(f"{value} is too large")
+    numerator, denominator = value.as_integer_ratio()
+    factor, rest = divmod(_FACTOR, denominator)
+    if rest:
+        raise Inexact(f"{value} has more than {SCALE} decimal places")
+    as_int = numerator * factor
+    if -LIMIT < as_int < LIMIT:
+        return as_int
+    raise Inexact(f"{value} is too large")
+
+
+#: Above this adjusted exponent a decimal scaled by 10**SCALE cannot be below LIMIT.
+_MAX_ADJUSTED = len(str(LIMIT)) - SCALE
+
+
+def _encoder(typ: str) -> Callable[[Any], Any]:
+    """A function with the same answers as ``encode(typ, value)`` for normalised values."""
+    if typ == "int":
+        return _scaled_int
+    if typ == "decimal":
+        return _scaled_decimal
+    return lambda value: encode(typ, value)
+
+
+def _json_scalar(value: Any) -> str:
+    """JSON text of one encoded value (None, bool, int or str)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return str(value)
+    return _quote(value)
+
+
+# One value of the message: (field name or namespace, attribute or "", the node when a Python
+# evaluation computes it, encoder, numeric).
+_Read = tuple[str, str, Expr | None, Callable[[Any], Any], bool]
+
+
 @dataclass(frozen=True)
 class DurablePlan:
     """How one rule's condition is decided in durable.
@@ -166,29 +224,94 @@ class DurablePlan:
     derived: dict[str, Expr]
     growth: int
     literal_max: int
+    #: What the message carries, in the order of the slots of ``_layout``.
+    _reads: tuple[_Read, ...] = field(init=False, repr=False, compare=False)
+    #: The message text with ``%s`` for the message id and then each value.
+    _layout: str = field(init=False, repr=False, compare=False)
 
-    def message(self, env: Env, sid: str, mid: str) -> dict[str, Any]:
-        """Build the message to post; raises Inexact when durable cannot decide exactly."""
+    def __post_init__(self) -> None:
+        # Every message has the same shape: lay its text out once, fill in values per post.
         values: dict[str, Any] = {}
-        extras: dict[str, Any] = {"zero": 0, "one": 1}
-        biggest = self.literal_max
+        reads: list[_Read] = []
         for path, (node, typ) in self.paths.items():
-            encoded = encode(typ, evaluate(node, env))
             parts = path.split(".")[1:]
             target = values
             for key in parts[:-1]:
                 target = target.setdefault(key, {})
-            target[parts[-1]] = encoded
-            if typ in ("int", "decimal") and encoded is not None:
-                biggest = max(biggest, abs(encoded))
+            target[parts[-1]] = _Slot(len(reads))
+            ns, attr = (parts[0], parts[1]) if len(parts) == 2 else ("", parts[0])
+            evaluated = node if not isinstance(node, Name | Attr) else None
+            reads.append((ns, attr, evaluated, _encoder(typ), typ in ("int", "decimal")))
+        extras: dict[str, Any] = {"zero": 0, "one": 1}
         for path, node in self.derived.items():
-            encoded = encode(node.typ, evaluate(node, env))
-            extras[path.split(".", 1)[1]] = encoded
-            if node.typ in ("int", "decimal") and encoded is not None:
-                biggest = max(biggest, abs(encoded))
+            extras[path.split(".", 1)[1]] = _Slot(len(reads))
+            reads.append(("", "", node, _encoder(node.typ), node.typ in ("int", "decimal")))
+        order: list[int] = []
+        layout = _layout_text({"sid": _SID, "id": _MID, "v": values, "x": extras}, order)
+        object.__setattr__(self, "_reads", tuple(reads[i] for i in order))
+        object.__setattr__(self, "_layout", layout)
+
+    def text(self, env: Env, sid: str, mid: str) -> str:
+        """The JSON text of the message to post; raises Inexact when durable cannot decide.
+
+        ``sid`` and ``mid`` are the session and message ids (plain ASCII, no quotes).
+        """
+        texts: list[str] = [sid, mid]
+        biggest = self.literal_max
+        fields = env.fields
+        namespaces = env.namespaces
+        for ns, attr, node, encoder, numeric in self._reads:
+            if node is not None:
+                value = evaluate(node, env)
+            elif ns:
+                value = namespaces.get(ns, _NO_VALUES).get(attr)
+            else:
+                value = fields.get(attr)
+            encoded = encoder(value)
+            if encoded is None:
+                texts.append("null")
+                continue
+            if numeric:
+                magnitude = -encoded if encoded < 0 else encoded
+                if magnitude > biggest:
+                    biggest = magnitude
+                texts.append(str(encoded))
+            else:
+                texts.append(_json_scalar(encoded))
         if biggest * self.growth >= LIMIT:
             raise Inexact("intermediate values could exceed 2**53")
-        return {"sid": sid, "id": mid, "v": values, "x": extras}
+        return self._layout % tuple(texts)
+
+
+class _Slot(int):
+    """A placeholder in the message layout (see ``_layout_text``)."""
+
+
+_SID = _Slot(-2)
+_MID = _Slot(-1)
+
+
+def _layout_text(message: dict[str, Any], order: list[int]) -> str:
+    """The message as JSON text with ``%s`` where each placeholder stands.
+
+    The session and message ids (negative slots) must come first; ``order`` receives the
+    other slots in the order the text holds them.
+    """
+
+    def text(value: Any) -> str:
+        if isinstance(value, _Slot):
+            if value >= 0:
+                order.append(value)
+                return "%s"
+            return '"%s"'
+        if isinstance(value, dict):
+            items = ", ".join(
+                f"{_quote(k).replace('%', '%%')}: {text(v)}" for k, v in value.items()
+            )
+            return "{" + items + "}"
+        return _json_scalar(value)
+
+    return text(message)
 
 
 class _Planner:

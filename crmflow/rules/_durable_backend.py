@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,6 @@ from typing import Any
 
 import durable_rules_engine  # type: ignore[import-not-found]
 from durable.engine import Host, Ruleset
-
-from crmflow._codec import fast_encoder
 
 from ._backend import PreparedGroup, RulesBackendError
 from ._compile import DurablePlan, Inexact, NotCompilable, plan_condition
@@ -50,8 +49,6 @@ _SESSION = "0"
 _EXPRESSION_LIMIT = re.compile(r"error code: 113\b")
 #: durable's answer when no rule matched the event (it raises MessageNotHandledException).
 _NOT_HANDLED = 1
-#: The message text as ``Ruleset.assert_event`` writes it (``json.dumps``, ensure_ascii off).
-_dumps = fast_encoder(separators=(", ", ": "), allow_nan=True)
 
 
 def _sanitize(text: str) -> str:
@@ -183,14 +180,15 @@ class DurableBackend:
             if failure is not None:
                 raise RulesBackendError(f"durable_rules action failed: {failure}")
             mid = str(next(self._ids))
-            message = plan.message(env, _SESSION, mid)
+            text = plan.text(env, _SESSION, mid)
             # What Host.post does, minus what costs most when no rule matches (the usual
             # answer of a guard): the exception durable raises for it, and re-reading the
             # session state, which only an action of ours can change.
             try:
                 rules = self._host.get_ruleset(ruleset)
-                result = durable_rules_engine.assert_event(rules._handle, _dumps(message))
+                result = durable_rules_engine.assert_event(rules._handle, text)
                 if result[0] != _NOT_HANDLED:
+                    message = json.loads(text)
                     error: list[Any] = [None]
 
                     def complete(e: Any, state: Any) -> None:
