@@ -31,8 +31,8 @@ __all__ = [
     "draft_hash",
     "encoded_entry_hash",
     "entry_hash",
+    "hashed_entry_texts",
     "record_hash",
-    "text_entry_hash",
     "verify_chain",
 ]
 
@@ -96,7 +96,7 @@ def encoded_entry_hash(
     avoids encoding twice on every write.
     """
     # Hash the ISO text, not the tagged form: the text is what storage keeps.
-    return text_entry_hash(
+    return hashed_entry_texts(
         prev_hash,
         seq,
         instance_key,
@@ -109,10 +109,10 @@ def encoded_entry_hash(
         reason,
         changes,
         details,
-    )
+    )[2]
 
 
-def text_entry_hash(
+def hashed_entry_texts(
     prev_hash: str,
     seq: int,
     instance_key: str,
@@ -125,23 +125,27 @@ def text_entry_hash(
     reason: str,
     changes: Any,
     details: Any,
-) -> str:
-    """Like :func:`encoded_entry_hash`, with ``at`` given as its ISO 8601 text."""
+) -> tuple[str, str, str]:
+    """Like :func:`encoded_entry_hash` (``at`` as its ISO 8601 text), with the texts it hashed.
+
+    Returns ``(changes_text, details_text, hash)``: a store that keeps those texts encodes
+    each value once, for the hash and for keeping.
+    """
+    changes_text, details_text = canonical_tagged(changes), canonical_tagged(details)
+    body = ""
     if type(seq) is int:
         try:
             # The canonical text written out in its (sorted) key order: the same bytes as
             # encoding the whole entry as a dict, without building and sorting that dict.
             body = (
                 f'{{"actor":{_quote(actor)},"at":{_quote(at_text)},'
-                f'"changes":{canonical_tagged(changes)},"details":{canonical_tagged(details)},'
+                f'"changes":{changes_text},"details":{details_text},'
                 f'"from_state":{_quote(from_state)},"instance_key":{_quote(instance_key)},'
                 f'"kind":{_quote(kind)},"reason":{_quote(reason)},"seq":{seq},'
                 f'"to_state":{_quote(to_state)},"trigger":{_quote(trigger)}}}'
             )
         except TypeError:
             body = ""  # a field that is not a str: encode the entry as a dict below
-    else:
-        body = ""
     if not body:
         body = canonical_tagged(
             {
@@ -158,7 +162,7 @@ def text_entry_hash(
                 "details": details,
             }
         )
-    return sha256((prev_hash + body).encode()).hexdigest()
+    return changes_text, details_text, sha256((prev_hash + body).encode()).hexdigest()
 
 
 def draft_hash(prev_hash: str, seq: int, draft: HistoryDraft) -> str:

@@ -26,9 +26,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
-from crmflow._codec import dumps, dumps_tagged, from_jsonable, loads, to_jsonable
+from crmflow._codec import dumps, from_jsonable, loads, to_jsonable
 from crmflow._errors import ConcurrencyConflict, InstanceExists, StorageError
-from crmflow._hashchain import GENESIS, text_entry_hash
+from crmflow._hashchain import GENESIS, hashed_entry_texts
 from crmflow.plugins._storage_api import (
     CostEntry,
     HistoryDraft,
@@ -223,7 +223,8 @@ class MemoryTx:
         at_text = at.isoformat()
         if type(at) is not datetime or not (at.tzinfo is UTC or at.tzinfo is None) or at.fold:
             at = datetime.fromisoformat(at_text)  # what a read of the stored text gives
-        digest = text_entry_hash(
+        # The canonical (sorted) texts are both what is hashed and what is kept.
+        changes_text, details_text, digest = hashed_entry_texts(
             prev_hash,
             seq,
             key,
@@ -247,8 +248,8 @@ class MemoryTx:
                 draft.from_state,
                 draft.to_state,
                 draft.reason,
-                dumps_tagged(changes),
-                dumps_tagged(details),
+                changes_text,
+                details_text,
                 prev_hash,
                 digest,
             )
