@@ -24,6 +24,7 @@ from crmflow.engine._machine import WorkflowMachine
 from crmflow.engine._model import TimerDef, TransitionDef, WorkflowDef
 from crmflow.engine._notify import CompiledNotify
 from crmflow.rules import CompiledRule, FunctionSpec, RulesBackend, Schema, compile_rule
+from crmflow.rules._checker import NOW_FACT
 
 __all__ = [
     "ACTOR_NAMESPACE",
@@ -56,6 +57,9 @@ class CompiledTransition:
     prepared: Any
     #: namespace -> attributes read, for host-owned fact namespaces only
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Whether a rule reads the acting user (``actor.*``) or the time (``now``).
+    reads_actor: bool = False
+    reads_now: bool = False
 
 
 @dataclass
@@ -182,11 +186,14 @@ def compile_workflow(
             for namespace, attribute in rule.needs:
                 if namespace and namespace in defn.facts:
                     needs.setdefault(namespace, set()).add(attribute)
+        read = {need for rule in group for need in rule.needs}
         return CompiledTransition(
             defn=t,
             rules=group,
             prepared=prepared,
             needs={ns: tuple(sorted(attrs)) for ns, attrs in needs.items()},
+            reads_actor=any(namespace == "actor" for namespace, _ in read),
+            reads_now=("", NOW_FACT) in read,
         )
 
     compiled_transitions = [

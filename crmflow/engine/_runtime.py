@@ -438,8 +438,11 @@ class Engine(WorkOperations, TimerOperations):
         facts["workflow"] = record.workflow
         if "owner" not in defn.fields:
             facts["owner"] = record.owner
-        facts["actor"] = {"id": actor.id, "roles": sorted(actor.roles), "org": actor.org}
-        facts["now"] = self.clock.now()
+        # Only what a rule reads: building the actor and reading the clock cost on every fire.
+        if ct.reads_actor:
+            facts["actor"] = {"id": actor.id, "roles": sorted(actor.roles), "org": actor.org}
+        if ct.reads_now:
+            facts["now"] = self.clock.now()
         if given:
             for namespace in given:
                 if namespace not in defn.facts:
