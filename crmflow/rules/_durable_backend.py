@@ -83,6 +83,8 @@ class _Slot:
     ruleset: str | None
     plan: DurablePlan | None
     static_reason: str
+    #: The registered ruleset itself (None when Python decides).
+    handle: Ruleset | None = None
 
 
 class DurableBackend:
@@ -130,7 +132,7 @@ class DurableBackend:
                 name = f"{self.namespace}${_sanitize(group)}${n}"
                 definition = {"r": {"all": [{"m": plan.condition}], "run": self._action}}
                 try:
-                    self._host.register_one(name, definition)
+                    handle = self._host.register_one(name, definition)
                 except RulesBackendError:
                     raise
                 except Exception as exc:
@@ -146,7 +148,7 @@ class DurableBackend:
                 if name not in self._host._ruleset_directory:
                     raise RulesBackendError(f"ruleset {name!r} did not register")
                 self._rulesets.append(name)
-                slots.append(_Slot(rule, name, plan, ""))
+                slots.append(_Slot(rule, name, plan, "", handle))
         return PreparedGroup(name=group, rules=tuple(rules), owner=self, data=tuple(slots))
 
     def evaluate(self, group: PreparedGroup, facts: Mapping[str, Any]) -> list[Verdict]:
@@ -156,12 +158,12 @@ class DurableBackend:
         out: list[Verdict] = []
         for slot in group.data:
             env = make_env(slot.rule, facts)
-            if slot.plan is None or slot.ruleset is None:
+            if slot.plan is None or slot.handle is None or slot.ruleset is None:
                 fired = truth(slot.rule.when, env)
                 self._count("python_static")
             else:
                 try:
-                    fired = self._post(slot.ruleset, slot.plan, env)
+                    fired = self._post(slot.ruleset, slot.handle, slot.plan, env)
                 except Inexact:
                     fired = truth(slot.rule.when, env)
                     self._count("python_runtime")
@@ -172,20 +174,20 @@ class DurableBackend:
         with self._lock:
             self.stats[key] += 1
 
-    def _post(self, ruleset: str, plan: DurablePlan, env: Any) -> bool:
+    def _post(self, ruleset: str, rules: Ruleset, plan: DurablePlan, env: Any) -> bool:
         with self._lock:
             if self._closed:
                 raise RulesBackendError("the rules back end is closed")
-            failure = self._failures.get(ruleset)
-            if failure is not None:
-                raise RulesBackendError(f"durable_rules action failed: {failure}")
+            if self._failures:
+                failure = self._failures.get(ruleset)
+                if failure is not None:
+                    raise RulesBackendError(f"durable_rules action failed: {failure}")
             mid = str(next(self._ids))
             text = plan.text(env, _SESSION, mid)
             # What Host.post does, minus what costs most when no rule matches (the usual
             # answer of a guard): the exception durable raises for it, and re-reading the
             # session state, which only an action of ours can change.
             try:
-                rules = self._host.get_ruleset(ruleset)
                 result = durable_rules_engine.assert_event(rules._handle, text)
                 if result[0] != _NOT_HANDLED:
                     message = json.loads(text)
