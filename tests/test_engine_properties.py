@@ -87,3 +87,22 @@ def test_random_sequences_stay_inside_the_definition(workflow: str, steps: list)
             else:
                 assert (after.state, after.version) == (before.state, before.version)
         assert engine.verify("K").ok
+
+
+def test_kept_machine_answers_match_a_fresh_machine_for_every_pair() -> None:
+    # The machine keeps each (state, trigger) answer; asked in any order, and again, it must
+    # answer as a machine that has never been asked anything does.
+    from crmflow.engine._machine import WorkflowMachine
+
+    for defn in DEFINITIONS.values():
+        pairs = [
+            (state, t.trigger)
+            for state, spec in defn.states.items()
+            if not spec.children
+            for t in defn.transitions_from(state)
+        ]
+        assert pairs, defn.name
+        kept = WorkflowMachine(defn)
+        for state, trigger in [*pairs, *reversed(pairs)]:
+            assert kept.fire(state, trigger) == WorkflowMachine(defn).fire(state, trigger)
+            assert kept.fire(state, trigger) in _allowed_moves(defn, state, trigger)
