@@ -1,4 +1,4 @@
-"""The ``crmflow`` command line: validate, lint, diagram, simulate, demo, worker."""
+"""The ``crmflow`` command line: validate, lint, diagram, simulate, demo, worker, outbox."""
 
 from __future__ import annotations
 
@@ -296,8 +296,22 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     from crmflow._worker import run_worker, stop_on_signals
     from crmflow.engine import Engine
-    from crmflow.plugins.notifiers import Channel, SmtpChannel, WebhookChannel
+    from crmflow.plugins.notifiers import Channel, RetryPolicy, SmtpChannel, WebhookChannel
 
+    retry_config = {
+        key: value
+        for key, value in (
+            ("max_attempts", args.max_attempts),
+            ("base", args.retry_base),
+            ("cap", args.retry_cap),
+        )
+        if value is not None
+    }
+    try:
+        retry = RetryPolicy.from_mapping(retry_config)
+    except ValueError as exc:
+        print(f"crmflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     channels: list[Channel] = []
     if args.smtp:
         channels.append(SmtpChannel.from_url(args.smtp))
@@ -316,6 +330,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         org=args.org,
         calendar=args.calendar,
         channels=channels,
+        default_channels=tuple(args.default_channel or ("inbox",)),
+        retry=retry,
     )
     stop = threading.Event()
     restore = stop_on_signals(stop)
@@ -329,6 +345,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         f"{total.delivered} delivered, {total.retrying} to retry, {total.dead} dead"
     )
     return EXIT_OK
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    from crmflow._outbox_cli import run_outbox
+
+    if args.ids and not args.requeue:
+        print("crmflow: notification IDs are for --requeue", file=sys.stderr)
+        return EXIT_USAGE
+    return run_outbox(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -448,7 +473,34 @@ def build_parser() -> argparse.ArgumentParser:
         default="CRMFLOW_WEBHOOK_SECRET",
         help="environment variable holding the webhook secret",
     )
+    p.add_argument(
+        "--default-channel",
+        action="append",
+        metavar="NAME",
+        help="channel for notifications that name none (repeatable; default: inbox)",
+    )
+    p.add_argument(
+        "--max-attempts", type=int, help="delivery attempts before a notification is dead (8)"
+    )
+    p.add_argument("--retry-base", metavar="DURATION", help="wait after the first failure (30s)")
+    p.add_argument("--retry-cap", metavar="DURATION", help="longest wait between attempts (1h)")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser(
+        "outbox", help="list notifications with their delivery status; send dead ones again"
+    )
+    p.add_argument("ids", nargs="*", metavar="ID", help="notifications to requeue")
+    p.add_argument("--store", required=True, help="store URL (postgresql://... or sqlite:///...)")
+    p.add_argument("--status", choices=["pending", "delivered", "dead"], help="only this status")
+    p.add_argument("--channel", help="only this channel")
+    p.add_argument("--key", help="only notifications about this instance")
+    p.add_argument("--recipient", help="only this recipient (listing only)")
+    p.add_argument(
+        "--requeue",
+        action="store_true",
+        help="send the given IDs again, or with no ID every dead one matching --key/--channel",
+    )
+    p.set_defaults(func=_cmd_outbox)
     return parser
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from crmflow import Actor, Engine, VirtualClock, hookimpl
+from crmflow import Actor, CrmflowError, Engine, VirtualClock, hookimpl
 from crmflow.plugins.notifiers import (
     OutgoingMessage,
     RetryPolicy,
@@ -379,3 +382,189 @@ def test_an_unresolvable_recipient_is_kept_as_dead_with_the_reason(store_url: st
         assert "without an org directory" in notice["error"]
         (row,) = e.notifications(status="dead")
         assert row.recipient == "manager"
+
+
+# -- sending dead notifications again ------------------------------------------------------
+
+
+def _mail_engine(store_url: str, clock: VirtualClock, smtp: SmtpServer, attempts: int) -> Engine:
+    channel = SmtpChannel("127.0.0.1", smtp.port, sender="crm@acme-trading.example", timeout=2.0)
+    retry = RetryPolicy(max_attempts=attempts, base=timedelta(seconds=30), jitter=False)
+    return _engine(store_url, clock, channels=[channel], retry=retry)
+
+
+def _dead_email(engine: Engine, clock: VirtualClock, smtp: SmtpServer) -> str:
+    """A reminder e-mail that died because the mail server was down for both attempts."""
+    smtp.stop()
+    row_id = _remind(engine)
+    engine.tick()
+    clock.advance("10m")
+    assert engine.tick().dead == 1
+    return row_id
+
+
+def test_a_dead_notification_is_sent_again_once_the_server_is_back(
+    store_url: str, smtp: SmtpServer
+) -> None:
+    clock = VirtualClock(START)
+    with _mail_engine(store_url, clock, smtp, attempts=2) as engine:
+        row_id = _dead_email(engine, clock, smtp)
+        dead = engine.store.get_outbox(row_id)
+        assert dead is not None and dead.last_error
+        smtp.start()
+        clock.advance("1h")
+        row = engine.requeue_notification(row_id)
+        # Pending and due now, with a fresh set of attempts; the last error stays for context.
+        assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, clock.now())
+        assert row.last_error == dead.last_error
+        assert engine.tick().delivered == 1
+        engine.tick()
+        assert len(smtp.mailbox.messages) == 1
+        row = engine.store.get_outbox(row_id)
+        assert row is not None
+        assert (row.status, row.attempts, row.delivered_at) == ("delivered", 1, clock.now())
+
+
+def test_requeue_refuses_what_is_not_dead_and_what_would_reach_nobody(
+    store_url: str, smtp: SmtpServer
+) -> None:
+    clock = VirtualClock(START)
+    with _mail_engine(store_url, clock, smtp, attempts=2) as engine:
+        with pytest.raises(CrmflowError, match="no notification with id 'nope'"):
+            engine.requeue_notification("nope")
+        inbox_row = _remind(engine, channels=("inbox",))
+        engine.tick()
+        with pytest.raises(CrmflowError, match="is delivered, not dead"):
+            engine.requeue_notification(inbox_row)
+    # A recipient spec nobody holds: sending it again would reach nobody either.
+    with Engine.from_path(WORKFLOWS, store=store_url, clock=clock, load_entry_points=False) as e:
+        e.start("deal", "D-1", actor=REP, data={"company": "Hangzhou Tea Co."})
+        e.fire("D-1", "qualify", actor=REP)
+        (unresolved,) = e.notifications(status="dead")
+        with pytest.raises(CrmflowError, match="has no recipient"):
+            e.requeue_notification(unresolved.id)
+        assert e.requeue_dead() == []
+        assert e.notifications(status="dead") == [unresolved]
+
+
+def test_requeue_dead_sends_every_dead_one_of_a_channel_again(
+    store_url: str, smtp: SmtpServer
+) -> None:
+    clock = VirtualClock(START)
+    with _mail_engine(store_url, clock, smtp, attempts=1) as engine:
+        smtp.stop()
+        for user in ("alice", "bob"):
+            engine.add_reminder(user, message="Review", at=START, channels=("email", "inbox"))
+        report = engine.tick()
+        assert (report.dead, report.delivered) == (2, 2)
+        smtp.start()
+        assert {r.recipient for r in engine.requeue_dead(channel="inbox")} == set()
+        requeued = engine.requeue_dead(channel="email")
+        assert sorted(r.recipient for r in requeued) == ["alice", "bob"]
+        assert engine.tick().delivered == 2
+        assert len(smtp.mailbox.messages) == 2
+        assert engine.notifications(status="dead") == []
+
+
+def test_a_default_channel_that_is_not_configured_is_refused_with_a_hint() -> None:
+    channel = SmtpChannel("127.0.0.1", 25, sender="crm@acme-trading.example")
+    with pytest.raises(CrmflowError) as refused:
+        Engine.from_path(
+            WORKFLOWS, channels=[channel], default_channels=["emial"], load_entry_points=False
+        )
+    assert str(refused.value) == (
+        "default channel 'emial' is not configured (did you mean 'email'?); "
+        "configured channels: email, inbox, log"
+    )
+    with pytest.raises(CrmflowError, match=r"configured channels: inbox, log$"):
+        Engine.from_path(WORKFLOWS, default_channels=["sms"], load_entry_points=False)
+    with Engine.from_path(
+        WORKFLOWS, channels=[channel], default_channels=["email"], load_entry_points=False
+    ) as engine:
+        assert engine.channels["email"] is channel
+
+
+# -- the command line: worker options and crmflow outbox ----------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crmflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_worker_retry_options_then_outbox_requeue_from_the_command_line(
+    sqlite_url: str, smtp: SmtpServer
+) -> None:
+    port = smtp.port
+    smtp.stop()  # the worker finds the mail server down
+    with _engine(sqlite_url, VirtualClock(datetime.now(UTC))) as engine:
+        engine.add_reminder("alice", message="Call Shenzhen Lamps", at=datetime.now(UTC))
+    worker_args = [
+        "worker",
+        "--store",
+        sqlite_url,
+        "--workflows",
+        str(WORKFLOWS),
+        "--org",
+        str(ORG),
+        "--smtp",
+        f"smtp://127.0.0.1:{port}?sender=crm@acme-trading.example&timeout=2",
+        "--default-channel",
+        "email",
+        "--max-attempts",
+        "1",
+        "--until-idle",
+        "--interval",
+        "0.1",
+    ]
+    first = _cli(*worker_args)
+    assert first.returncode == 0, first.stderr
+    assert "0 delivered, 0 to retry, 1 dead" in first.stdout  # one attempt allowed, not eight
+
+    listed = _cli("outbox", "--store", sqlite_url, "--status", "dead")
+    assert listed.returncode == 0, listed.stderr
+    (row_id,) = [line.split()[0] for line in listed.stdout.splitlines() if " dead " in line]
+    assert "1 attempt " in listed.stdout and "last error:" in listed.stdout
+    assert listed.stdout.rstrip().endswith("1 notification(s) (1 dead)")
+
+    smtp.start()  # the same port: the mail server is back
+    requeued = _cli("outbox", "--store", sqlite_url, "--requeue", row_id)
+    assert requeued.returncode == 0, requeued.stderr
+    assert requeued.stdout.startswith(f"requeued {row_id}  pending")
+    again = _cli("outbox", "--store", sqlite_url, "--requeue", row_id)
+    assert again.returncode == 1
+    assert "is pending, not dead" in again.stderr
+
+    second = _cli(*worker_args)
+    assert second.returncode == 0, second.stderr
+    assert "1 delivered" in second.stdout
+    (message,) = smtp.mailbox.messages
+    assert message["To"] == "alice.chen@acme-trading.example"
+    assert message["Subject"] == "Call Shenzhen Lamps"
+
+
+def test_worker_option_mistakes_are_explained(sqlite_url: str) -> None:
+    bad_duration = _cli("worker", "--store", sqlite_url, "--retry-base", "5x", "--until-idle")
+    assert bad_duration.returncode == 2
+    assert "retry policy base" in bad_duration.stderr
+    typo = _cli(
+        "worker",
+        "--store",
+        sqlite_url,
+        "--smtp",
+        "smtp://127.0.0.1:2525?sender=crm@acme-trading.example",
+        "--default-channel",
+        "emial",
+        "--until-idle",
+    )
+    assert typo.returncode == 1
+    assert "default channel 'emial' is not configured (did you mean 'email'?)" in typo.stderr
+    stray = _cli("outbox", "--store", sqlite_url, "some-id")
+    assert stray.returncode == 2
+    assert "IDs are for --requeue" in stray.stderr

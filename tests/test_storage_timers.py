@@ -824,3 +824,30 @@ def tx(storage: Storage) -> Iterator[StorageTx]:
 def test_back_ends_implement_the_protocols(storage: Storage, tx: StorageTx) -> None:
     assert isinstance(storage, Storage)
     assert isinstance(tx, StorageTx)
+
+
+def test_requeue_outbox_makes_only_dead_notifications_pending_again(storage: Storage) -> None:
+    add_outbox(
+        storage,
+        note("o-dead", status="dead", attempts=8, last_error="SMTP 550 mailbox unavailable"),
+        note("o-pending", attempts=2, last_error="SMTP 451"),
+        note("o-done", status="delivered", attempts=1, delivered_at=T0),
+    )
+    at = T0 + timedelta(hours=3)
+    row = storage.requeue_outbox("o-dead", at)
+    assert row is not None
+    assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, at)
+    assert row.last_error == "SMTP 550 mailbox unavailable"  # kept until the next attempt
+    assert storage.get_outbox("o-dead") == row
+    # A compare-and-set on 'dead': nothing else changes, a second requeue finds nothing to do.
+    assert storage.requeue_outbox("o-dead", at) is None
+    assert storage.requeue_outbox("o-pending", at) is None
+    assert storage.requeue_outbox("o-done", at) is None
+    assert storage.requeue_outbox("missing", at) is None
+    pending = storage.get_outbox("o-pending")
+    assert pending is not None and (pending.attempts, pending.last_error) == (2, "SMTP 451")
+    # Due at `at`, not before.
+    assert "o-dead" not in ids(
+        storage.claim_due_outbox(at - timedelta(seconds=1), "w", lease=LEASE, limit=9)
+    )
+    assert "o-dead" in ids(storage.claim_due_outbox(at, "w", lease=LEASE, limit=9))

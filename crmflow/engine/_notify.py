@@ -234,7 +234,8 @@ class NotificationFactory:
                         timer_id=timer_id,
                         status="dead",
                         last_error=resolved,
-                        metadata={"spec": spec},
+                        # Sending it again would reach nobody: see requeue_notification.
+                        metadata={"spec": spec, "unresolved": True},
                     )
                 )
                 continue

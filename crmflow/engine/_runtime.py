@@ -105,7 +105,9 @@ class Engine(WorkOperations, TimerOperations):
             own ``calendar:`` wins. Default: every moment is working time.
         channels: notification channels (e-mail, webhook ...) besides the built-in ``inbox``
             and ``log``, and those plugins return from ``crmflow_notification_channels``.
-        default_channels: channels used when a notification names none.
+        default_channels: channels used when a notification names none; each must be
+            configured (built in, in ``channels`` or from a plugin), or the engine refuses to
+            start.
         retry: how failed deliveries are retried (default: :class:`RetryPolicy`'s defaults).
 
     """
@@ -147,6 +149,16 @@ class Engine(WorkOperations, TimerOperations):
             *channels,
         ]:
             self.channels[channel.name] = channel
+        known_channels = sorted({"inbox", *self.channels})
+        for name in default_channels:
+            if name not in known_channels:
+                # Every notification naming no channel would be dead on arrival.
+                hints = suggest(name, known_channels)
+                raise CrmflowError(
+                    f"default channel {name!r} is not configured"
+                    + (f" (did you mean {hints[0]!r}?)" if hints else "")
+                    + f"; configured channels: {', '.join(known_channels)}"
+                )
         self.retry = retry or RetryPolicy()
         self._init_timers()
         self._notifications = NotificationFactory(

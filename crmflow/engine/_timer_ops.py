@@ -718,3 +718,49 @@ class TimerOperations:
         row = self.store.mark_outbox(notification_id, read_at=now, acknowledged_at=now)
         assert row is not None
         return row
+
+    def requeue_notification(self, notification_id: str) -> OutboxRecord:
+        """Send a ``dead`` notification again, once its cause is fixed (an address, a server).
+
+        It becomes ``pending``, due now, with a fresh set of attempts under the retry policy;
+        its last error stays until the next attempt. Raises :class:`CrmflowError` when there is
+        no such notification, when it is not dead, or when its recipient could not be resolved
+        when it was queued (sending it again would reach nobody).
+        """
+        row = self.store.get_outbox(notification_id)
+        if row is None:
+            raise CrmflowError(f"no notification with id {notification_id!r}")
+        if row.status != "dead":
+            raise CrmflowError(
+                f"notification {notification_id!r} is {row.status}, not dead: only dead "
+                "notifications are sent again"
+            )
+        if row.metadata.get("unresolved"):
+            raise CrmflowError(
+                f"notification {notification_id!r} has no recipient: {row.last_error}; fix the "
+                "org directory, then the next notification of this kind will reach someone"
+            )
+        requeued = self.store.requeue_outbox(notification_id, self.clock.now())
+        if requeued is None:
+            raise CrmflowError(
+                f"notification {notification_id!r} is no longer dead: another process sent it "
+                "again first"
+            )
+        return requeued
+
+    def requeue_dead(
+        self, *, key: str | None = None, channel: str | None = None
+    ) -> list[OutboxRecord]:
+        """Send every dead notification (of instance ``key``, on ``channel``) again.
+
+        Notifications whose recipient could not be resolved are left as they are (see
+        :meth:`requeue_notification`). Returns the rows made pending.
+        """
+        done: list[OutboxRecord] = []
+        for row in self.notifications(key=key, channel=channel, status="dead"):
+            if row.metadata.get("unresolved"):
+                continue
+            requeued = self.store.requeue_outbox(row.id, self.clock.now())
+            if requeued is not None:
+                done.append(requeued)
+        return done

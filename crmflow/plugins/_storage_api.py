@@ -366,5 +366,13 @@ class Storage(Protocol):
     ) -> OutboxRecord | None:
         """Set ``read_at`` / ``acknowledged_at`` (when given and not yet set); return the row."""
 
+    def requeue_outbox(self, outbox_id: str, at: datetime) -> OutboxRecord | None:
+        """Make a ``dead`` notification ``pending`` again, due at ``at``, with no attempts.
+
+        ``last_error`` stays until the next attempt replaces it. A compare-and-set on
+        ``status = 'dead'``: returns the row, or ``None`` when there is no dead notification
+        with that id.
+        """
+
     def close(self) -> None:
         """Release connections; the object is unusable afterwards."""

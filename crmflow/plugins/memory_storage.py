@@ -815,6 +815,25 @@ class MemoryStorage:
                 self._outbox[outbox_id] = values
         return outbox_from_values(values)
 
+    def requeue_outbox(self, outbox_id: str, at: datetime) -> OutboxRecord | None:
+        """Make a dead notification pending again, due at ``at``; see ``Storage``."""
+        due_us = to_epoch_us(at, "at")
+        with self._exclusive(), self._state_lock:
+            values = self._outbox.get(outbox_id)
+            if values is None or values["status"] != "dead":
+                return None
+            values = {
+                **values,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_us": due_us,
+                "delivered_at": None,
+                "claimed_by": None,
+                "lease_us": None,
+            }
+            self._put_outbox(outbox_id, values)
+        return outbox_from_values(values)
+
     def close(self) -> None:
         """Drop the data; the object is unusable afterwards."""
         self._closed = True

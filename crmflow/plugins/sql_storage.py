@@ -1498,6 +1498,29 @@ class SqlStorage:
 
         return self._write("mark_outbox", run)
 
+    def requeue_outbox(self, outbox_id: str, at: datetime) -> OutboxRecord | None:
+        """Make a dead notification pending again, due at ``at``; see ``Storage``."""
+        due_us = to_epoch_us(at, "at")
+
+        def run(conn: Connection) -> OutboxRecord | None:
+            stmt = (
+                update(_OUTBOX)
+                .where(_OUTBOX.c.id == outbox_id, _OUTBOX.c.status == "dead")
+                .values(
+                    status=_PENDING,
+                    attempts=0,
+                    next_attempt_us=due_us,
+                    delivered_at=null(),
+                    claimed_by=null(),
+                    lease_us=null(),
+                )
+                .returning(*_OUTBOX_COLS)
+            )
+            row = conn.execute(stmt).first()
+            return None if row is None else _outbox_from_row(row)
+
+        return self._write("requeue_outbox", run)
+
     def dispose(self) -> None:
         """Close pooled connections; the store stays usable and reconnects on demand."""
         with self._lock:
