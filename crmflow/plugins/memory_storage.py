@@ -394,7 +394,8 @@ class MemoryTx:
                 if entries:
                     store._history.setdefault(key, []).extend(entries)
             store._idempotency.update(self._idempotency)
-            store._tasks.update(self._tasks)
+            for (key, task_id), values in self._tasks.items():
+                store._tasks.setdefault(key, {})[task_id] = values
             store._costs.extend(self._costs)
             for timer_id, values in self._timers.items():
                 store._put_timer(timer_id, values)
@@ -456,7 +457,8 @@ class MemoryStorage:
         self._instances: dict[str, _StoredInstance] = {}
         self._history: dict[str, list[_StoredHistory]] = {}
         self._idempotency: dict[str, tuple[str, Any, str]] = {}
-        self._tasks: dict[tuple[str, str], dict[str, Any]] = {}
+        # Instance key -> task id -> values: an instance's tasks are read on every fire.
+        self._tasks: dict[str, dict[str, dict[str, Any]]] = {}
         self._costs: list[dict[str, Any]] = []
         self._timers: dict[str, dict[str, Any]] = {}
         self._timers_by_instance: dict[str, set[str]] = {}
@@ -564,7 +566,7 @@ class MemoryStorage:
         """The tasks of one instance, in ``position`` order."""
         self._check_open()
         with self._state_lock:
-            rows = [v for (key, _), v in self._tasks.items() if key == instance_key]
+            rows = list(self._tasks.get(instance_key, {}).values())
         return sorted((task_from_values(v) for v in rows), key=lambda t: t.position)
 
     def query_tasks(
@@ -578,7 +580,7 @@ class MemoryStorage:
         """Tasks across instances, filtered; ordered by instance key, then position."""
         self._check_open()
         with self._state_lock:
-            rows = list(self._tasks.values())
+            rows = [values for tasks in self._tasks.values() for values in tasks.values()]
             instances = {k: s.record for k, s in self._instances.items()}
         found = []
         for values in rows:
