@@ -286,7 +286,12 @@ class Engine(WorkOperations, TimerOperations):
         )
 
     def get(self, key: str, actor: Actor | None = None) -> Instance:
-        """The instance with ``key``; raises :class:`UnknownInstance` when there is none."""
+        """The instance with ``key``; raises :class:`UnknownInstance` when there is none.
+
+        ``actor`` is reserved for record scope by org tree and field masks; this version does
+        not apply them, so every caller is given the whole instance. A host that must hide
+        records or fields checks ``actor`` against ``Instance.owner`` itself for now.
+        """
         return self._instance(self._record(key))
 
     def history(self, key: str) -> list[HistoryRecord]:
