@@ -62,7 +62,6 @@ _OPS = {"==": "$eq", "!=": "$neq", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "
 _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 _INVERSE = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 _EPOCH = _dt.datetime(1970, 1, 1)
-_WIDE = decimal.Context(prec=400)
 
 
 class NotCompilable(Exception):
@@ -130,14 +129,9 @@ def encode(typ: str, value: Any) -> Any:
     if value is None or typ == "bool":
         return value
     if typ in ("int", "decimal"):
-        # scaleb rounds to the context precision; an exact context keeps 1.000…001 inexact.
-        scaled = Decimal(value).scaleb(SCALE, context=_WIDE)
-        if scaled != scaled.to_integral_value():
-            raise Inexact(f"{value} has more than {SCALE} decimal places")
-        as_int = int(scaled)
-        if abs(as_int) >= LIMIT:
-            raise Inexact(f"{value} is too large")
-        return as_int
+        if type(value) is int:
+            return _scaled_int(value)
+        return scaled(value if type(value) is Decimal else Decimal(value))
     if typ == "str":
         if "\x00" in value:
             raise Inexact("NUL character in string")  # C strings end at NUL
@@ -150,6 +144,40 @@ def encode(typ: str, value: Any) -> Any:
     raise Inexact(f"type {typ} is not posted")
 
 
+#: Above this adjusted exponent a decimal scaled by 10**SCALE cannot be below LIMIT.
+_MAX_ADJUSTED = len(str(LIMIT)) - SCALE
+#: Wide enough for every value that can be posted, so that scaling one never rounds; a value
+#: that would need rounding has more than SCALE places (or too many digits) and is refused.
+_SCALING = decimal.Context(
+    prec=SCALE + _MAX_ADJUSTED + 1,
+    Emax=decimal.MAX_EMAX,
+    Emin=decimal.MIN_EMIN,
+    traps=[decimal.Inexact],
+)
+
+
+def scaled(value: Decimal) -> int:
+    """``value`` x 10**SCALE as an exact int; raises Inexact when that is impossible.
+
+    The work is bounded by the value's own digits: whatever its exponent, no large power of
+    ten is built (``1E-999999999`` is refused at once, not after computing 10**999999999).
+    """
+    if not value.is_finite():
+        raise Inexact(f"{value} is not a finite number")
+    if value and value.adjusted() > _MAX_ADJUSTED:
+        raise Inexact(f"{value} is too large")
+    try:
+        result = value.scaleb(SCALE, context=_SCALING)
+    except decimal.Inexact:
+        raise Inexact(f"{value} has more than {SCALE} decimal places") from None
+    as_int = int(result)
+    if result != as_int:
+        raise Inexact(f"{value} has more than {SCALE} decimal places")
+    if -LIMIT < as_int < LIMIT:
+        return as_int
+    raise Inexact(f"{value} is too large")
+
+
 def _scaled_int(value: Any) -> Any:
     if type(value) is not int:
         return encode("int", value)
@@ -160,23 +188,9 @@ def _scaled_int(value: Any) -> Any:
 
 
 def _scaled_decimal(value: Any) -> Any:
-    if type(value) is not Decimal or not value.is_finite():
+    if type(value) is not Decimal:
         return encode("decimal", value)
-    # A bound on the magnitude first: the exact ratio of a huge exponent would be a huge int.
-    if value and value.adjusted() > _MAX_ADJUSTED:
-        raise Inexact(f"{value} is too large")
-    numerator, denominator = value.as_integer_ratio()
-    factor, rest = divmod(_FACTOR, denominator)
-    if rest:
-        raise Inexact(f"{value} has more than {SCALE} decimal places")
-    as_int = numerator * factor
-    if -LIMIT < as_int < LIMIT:
-        return as_int
-    raise Inexact(f"{value} is too large")
-
-
-#: Above this adjusted exponent a decimal scaled by 10**SCALE cannot be below LIMIT.
-_MAX_ADJUSTED = len(str(LIMIT)) - SCALE
+    return scaled(value)
 
 
 def _encoder(typ: str) -> Callable[[Any], Any]:
