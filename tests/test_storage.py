@@ -769,3 +769,22 @@ def test_memory_nested_transaction_is_an_error() -> None:
     store = MemoryStorage()
     with store.transaction(), pytest.raises(StorageError, match="nested"), store.transaction():
         pass
+
+
+def test_history_reads_back_alike_on_every_back_end(storage: Storage) -> None:
+    start(storage)
+    draft = make_draft(
+        n=1,
+        changes={"zeta": [None, 1], "amount": [Decimal("1"), Decimal("2.50")]},
+        details={"warnings": [], "actions": [{"z": 1, "a": 2}]},
+    )
+    with storage.transaction() as tx:
+        tx.update_instance(make_record(version=2), expected_version=1)
+        tx.append_history(draft)
+    entry = storage.history("SO-1")[-1]
+    # Kept as the canonical text that is hashed: sorted keys, exact values, a valid chain.
+    assert list(entry.changes) == ["amount", "zeta"]
+    assert list(entry.details) == ["actions", "warnings"]
+    assert list(entry.details["actions"][0]) == ["a", "z"]
+    assert entry.changes == draft.changes and entry.details == draft.details
+    assert verify_chain(storage.history("SO-1")).ok

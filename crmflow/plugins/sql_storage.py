@@ -64,7 +64,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlmodel import Field, SQLModel
 
-from crmflow._codec import dumps, loads
+from crmflow._codec import dumps, loads, to_jsonable
 from crmflow._errors import (
     ConcurrencyConflict,
     CrmflowError,
@@ -72,7 +72,7 @@ from crmflow._errors import (
     PluginError,
     StorageError,
 )
-from crmflow._hashchain import GENESIS, entry_hash
+from crmflow._hashchain import GENESIS, hashed_entry_texts
 from crmflow.plugins._storage_api import (
     CostEntry,
     HistoryDraft,
@@ -819,10 +819,23 @@ class SqlTx:
                 seq, prev_hash = 1, GENESIS
             else:
                 seq, prev_hash = last[0] + 1, last[1]
-            changes_text, details_text = dumps(draft.changes), dumps(draft.details)
             at_text = draft.at.isoformat()
-            # Hash what a later read will return (decoded from the stored text), so that
-            # verification never depends on how the caller's values happened to be typed.
+            # The canonical (sorted) texts are both what is hashed and what is kept, as in the
+            # memory store; the record returned is what a later read of them gives.
+            changes_text, details_text, digest = hashed_entry_texts(
+                prev_hash,
+                seq,
+                key,
+                at_text,
+                draft.actor,
+                draft.kind,
+                draft.trigger,
+                draft.from_state,
+                draft.to_state,
+                draft.reason,
+                to_jsonable(draft.changes),
+                to_jsonable(draft.details),
+            )
             rec_fields: dict[str, Any] = {
                 "instance_key": key,
                 "seq": seq,
@@ -836,7 +849,6 @@ class SqlTx:
                 "changes": loads(changes_text),
                 "details": loads(details_text),
             }
-            digest = entry_hash(prev_hash, **rec_fields)
             params = {
                 **rec_fields,
                 "at": at_text,
