@@ -70,7 +70,7 @@ def _requeue(engine: Engine, args: argparse.Namespace) -> int:
                 continue
             print(f"requeued {describe(row)}")
         return 1 if failed else 0
-    rows = engine.requeue_dead(key=args.key, channel=args.channel)
+    rows = engine.requeue_dead(key=args.key, channel=args.channel, recipient=args.recipient)
     for row in rows:
         print(f"requeued {describe(row)}")
     print(f"{len(rows)} dead notification(s) requeued; the next tick sends them")

@@ -294,6 +294,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import os
     import threading
 
+    from crmflow._clock import parse_duration
     from crmflow._worker import run_worker, stop_on_signals
     from crmflow.engine import Engine
     from crmflow.plugins.notifiers import Channel, RetryPolicy, SmtpChannel, WebhookChannel
@@ -307,6 +308,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
+    if "base" in retry_config and "cap" not in retry_config:
+        # A longer first wait than the default cap raises the cap with it.
+        try:
+            if parse_duration(args.retry_base) > RetryPolicy().cap:
+                retry_config["cap"] = args.retry_base
+        except ValueError:
+            pass  # from_mapping says what is wrong with it
     try:
         retry = RetryPolicy.from_mapping(retry_config)
     except ValueError as exc:
@@ -342,7 +350,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         engine.close()
     print(
         f"worker stopped: {total.fired} timers fired, {total.refused} refused, "
-        f"{total.delivered} delivered, {total.retrying} to retry, {total.dead} dead"
+        f"{total.delivered} delivered, {total.retrying} to retry, {total.dead} dead, "
+        f"{total.failed} failed"
     )
     return EXIT_OK
 
@@ -352,6 +361,15 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
 
     if args.ids and not args.requeue:
         print("crmflow: notification IDs are for --requeue", file=sys.stderr)
+        return EXIT_USAGE
+    if args.requeue and args.status not in (None, "dead"):
+        print("crmflow: --requeue sends dead notifications only", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ids and (args.key or args.channel or args.recipient):
+        print(
+            "crmflow: give notification IDs or --key/--channel/--recipient, not both",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     return run_outbox(args)
 
@@ -494,11 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=["pending", "delivered", "dead"], help="only this status")
     p.add_argument("--channel", help="only this channel")
     p.add_argument("--key", help="only notifications about this instance")
-    p.add_argument("--recipient", help="only this recipient (listing only)")
+    p.add_argument("--recipient", help="only this recipient")
     p.add_argument(
         "--requeue",
         action="store_true",
-        help="send the given IDs again, or with no ID every dead one matching --key/--channel",
+        help="send the given IDs again, or with no ID every dead one the filters select",
     )
     p.set_defaults(func=_cmd_outbox)
     return parser

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from crmflow import Actor, CrmflowError, Engine, VirtualClock, hookimpl
+from crmflow.plugins._storage_api import OutboxRecord
 from crmflow.plugins.notifiers import (
     OutgoingMessage,
     RetryPolicy,
@@ -568,3 +569,88 @@ def test_worker_option_mistakes_are_explained(sqlite_url: str) -> None:
     stray = _cli("outbox", "--store", sqlite_url, "some-id")
     assert stray.returncode == 2
     assert "IDs are for --requeue" in stray.stderr
+
+
+def test_rows_queued_for_a_spec_nobody_held_are_never_sent_again(store_url: str) -> None:
+    # Also rows written before the 'unresolved' flag existed: the recipient is still the spec.
+    clock = VirtualClock(START)
+    with _engine(store_url, clock) as engine:
+        legacy = OutboxRecord(
+            id="legacy-1",
+            channel="inbox",
+            recipient="role:sales_director",
+            intended="role:sales_director",
+            subject="Order SO-9 approved",
+            created_at=START,
+            status="dead",
+            last_error="nobody receives 'role:sales_director' (no active user holds it)",
+            metadata={"spec": "role:sales_director"},
+        )
+        with engine.store.transaction() as tx:
+            tx.insert_outbox([legacy])
+        with pytest.raises(CrmflowError, match="has no recipient"):
+            engine.requeue_notification("legacy-1")
+        assert engine.requeue_dead() == []
+        assert engine.store.get_outbox("legacy-1") == engine.notifications(status="dead")[0]
+
+
+def test_requeue_dead_can_select_one_recipient(store_url: str, smtp: SmtpServer) -> None:
+    clock = VirtualClock(START)
+    with _mail_engine(store_url, clock, smtp, attempts=1) as engine:
+        smtp.stop()
+        for user in ("alice", "bob"):
+            engine.add_reminder(user, message="Review", at=START, channels=("email",))
+        assert engine.tick().dead == 2
+        (requeued,) = engine.requeue_dead(recipient="bob")
+        assert requeued.recipient == "bob"
+        assert [r.recipient for r in engine.notifications(status="dead")] == ["alice"]
+
+
+def test_outbox_requeue_refuses_options_it_would_not_honour(sqlite_url: str) -> None:
+    with Engine.from_path(WORKFLOWS, store=sqlite_url, load_entry_points=False):
+        pass  # the tables
+    pending = _cli("outbox", "--store", sqlite_url, "--requeue", "--status", "pending")
+    assert pending.returncode == 2
+    assert "dead notifications only" in pending.stderr
+    mixed = _cli("outbox", "--store", sqlite_url, "--requeue", "some-id", "--recipient", "bob")
+    assert mixed.returncode == 2
+    assert "not both" in mixed.stderr
+    nothing = _cli("outbox", "--store", sqlite_url, "--requeue", "--recipient", "bob")
+    assert nothing.returncode == 0
+    assert "0 dead notification(s) requeued" in nothing.stdout
+
+
+def test_a_long_first_retry_wait_raises_the_default_cap(sqlite_url: str) -> None:
+    with Engine.from_path(WORKFLOWS, store=sqlite_url, load_entry_points=False):
+        pass
+    worker = _cli("worker", "--store", sqlite_url, "--retry-base", "2h", "--until-idle")
+    assert worker.returncode == 0, worker.stderr
+    assert "worker stopped: 0 timers fired" in worker.stdout
+
+
+class _ClosingChannel:
+    """A channel that notes when it is closed (and can fail to close)."""
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+        self.closed = 0
+
+    def deliver(self, message: OutgoingMessage) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed += 1
+        if self.fail:
+            raise OSError("connection already gone")
+
+
+def test_closing_an_engine_closes_its_channels_even_when_one_fails(sqlite_url: str) -> None:
+    failing, fine = _ClosingChannel("sms", fail=True), _ClosingChannel("chat")
+    engine = Engine.from_path(
+        WORKFLOWS, store=sqlite_url, channels=[failing, fine], load_entry_points=False
+    )
+    engine.close()
+    assert (failing.closed, fine.closed) == (1, 1)
+    with pytest.raises(CrmflowError):
+        engine.get("SO-1")  # the store was closed too

@@ -110,3 +110,33 @@ def test_reminder_and_subscription_arguments_are_checked(engine: Engine) -> None
     with pytest.raises(InvalidData, match="no plugin renders"):
         engine.subscribe("rep", "weekly_magic", cron="0 9 * * 1")
     assert engine.timers(owner="rep") == []
+
+
+def test_a_broken_timer_is_retried_after_its_lease_and_never_stalls_a_tick(
+    engine: Engine, clock: VirtualClock
+) -> None:
+    from crmflow.plugins._storage_api import TimerRecord
+
+    broken = TimerRecord(
+        id="broken-1",
+        kind="reminder",
+        name="broken",
+        due_at=START,
+        created_at=START,
+        owner="rep",
+        payload={},  # no message, no zone: running it raises
+    )
+    with engine.store.transaction() as tx:
+        tx.insert_timers([broken])
+    engine.add_reminder("rep", message="still works", at=START)
+    # A cap, so that a timer claimed again and again in one tick shows as a count, not a hang.
+    report = engine.tick(limit=500)
+    assert (report.failed, report.fired) == (1, 1)
+    assert [row.subject for row in engine.inbox("rep")] == ["still works"]
+    assert engine.tick(limit=500).idle  # still claimed: not tried again at once
+    clock.advance("4m")
+    assert engine.tick(limit=500).idle
+    clock.advance("2m")  # the five-minute lease has run out
+    assert engine.tick(limit=500).failed == 1
+    timer = engine.store.get_timer("broken-1")
+    assert timer is not None and timer.status == "pending"

@@ -252,7 +252,17 @@ class Engine(WorkOperations, TimerOperations):
         return compiled
 
     def close(self) -> None:
-        """Release storage connections and rules-engine resources."""
+        """Release storage connections, rules-engine resources and channels' connections.
+
+        Closing a channel only drops the connection it holds (a channel shared with another
+        engine opens a new one when it next delivers).
+        """
+        for channel in self.channels.values():
+            try:
+                channel.close()
+            except Exception:
+                # Closing must go on: the store and the rules still need releasing.
+                log.exception("channel %s failed to close", channel.name)
         self.store.close()
         self._rules.close()
 

@@ -89,7 +89,8 @@ class TickReport:
     ``refused`` timers whose trigger a rule refused (recorded in the history), ``skipped``
     timers with nothing left to do (their instance is gone or the trigger no longer applies),
     ``lost`` timers another worker finished first, ``failed`` timers that raised (they are
-    tried again). ``delivered``, ``retrying`` and ``dead`` count outbox deliveries.
+    tried again once their lease runs out). ``delivered``, ``retrying`` and ``dead`` count
+    outbox deliveries.
     """
 
     fired: int = 0
@@ -239,10 +240,15 @@ class TimerOperations:
             self.store.release_timer(timer.id, worker)
             return TickReport()
         except Exception:
-            # One broken timer must not stop the others or the outbox: it is handed back and
-            # tried again (its lease is released, so the next tick sees it at once).
-            log.exception("timer %s (%s) failed; it will be tried again", timer.id, timer.name)
-            self.store.release_timer(timer.id, worker)
+            # One broken timer must not stop the others or the outbox. It keeps its claim:
+            # handed back at once, the same tick would claim it again and spin on it for ever;
+            # when the lease runs out, the next tick (of any worker) tries it again.
+            log.exception(
+                "timer %s (%s) failed; it will be tried again when its lease runs out (%s)",
+                timer.id,
+                timer.name,
+                DEFAULT_LEASE,
+            )
             return TickReport(failed=1)
 
     def _finisher(
@@ -735,7 +741,7 @@ class TimerOperations:
                 f"notification {notification_id!r} is {row.status}, not dead: only dead "
                 "notifications are sent again"
             )
-        if row.metadata.get("unresolved"):
+        if _unresolved(row):
             raise CrmflowError(
                 f"notification {notification_id!r} has no recipient: {row.last_error}; fix the "
                 "org directory, then the next notification of this kind will reach someone"
@@ -749,18 +755,30 @@ class TimerOperations:
         return requeued
 
     def requeue_dead(
-        self, *, key: str | None = None, channel: str | None = None
+        self,
+        *,
+        key: str | None = None,
+        channel: str | None = None,
+        recipient: str | None = None,
     ) -> list[OutboxRecord]:
-        """Send every dead notification (of instance ``key``, on ``channel``) again.
+        """Send every dead notification the filters select again (see ``notifications``).
 
         Notifications whose recipient could not be resolved are left as they are (see
         :meth:`requeue_notification`). Returns the rows made pending.
         """
         done: list[OutboxRecord] = []
-        for row in self.notifications(key=key, channel=channel, status="dead"):
-            if row.metadata.get("unresolved"):
+        rows = self.notifications(key=key, channel=channel, recipient=recipient, status="dead")
+        for row in rows:
+            if _unresolved(row):
                 continue
             requeued = self.store.requeue_outbox(row.id, self.clock.now())
             if requeued is not None:
                 done.append(requeued)
         return done
+
+
+def _unresolved(row: OutboxRecord) -> bool:
+    """Whether a notification was queued for a recipient spec nobody could be found for."""
+    # Rows queued before the flag existed: an unresolved row keeps the spec as its recipient
+    # (a resolved one names a user, never a spec such as ``role:sales_manager``).
+    return bool(row.metadata.get("unresolved")) or row.recipient == row.metadata.get("spec")
