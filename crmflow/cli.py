@@ -295,9 +295,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
     from crmflow._clock import parse_duration
-    from crmflow._worker import run_worker, stop_on_signals
     from crmflow.engine import Engine
     from crmflow.plugins.notifiers import Channel, RetryPolicy, SmtpChannel, WebhookChannel
+    from crmflow.worker import run_worker, stop_on_signals
 
     retry_config = {
         key: value

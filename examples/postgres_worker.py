@@ -3,7 +3,7 @@
 ``crmflow worker`` builds its channels from command-line options. A host that wants channels
 of its own, a retry policy with other settings or plugins without entry points runs the same
 loop in its own process instead (see docs/timers.md): it builds the engine the way it likes and
-hands it to ``crmflow._worker.run_worker``, with ``stop_on_signals`` so that SIGTERM or Ctrl-C
+hands it to ``crmflow.worker.run_worker``, with ``stop_on_signals`` so that SIGTERM or Ctrl-C
 lets the current tick finish before the engine closes its connections.
 
 Here the host's own channel is ``ConsoleChannel`` (one line per message on standard output,
@@ -30,10 +30,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
-from crmflow import Engine
-from crmflow._worker import run_worker, stop_on_signals
-from crmflow.engine._timer_ops import TickReport
+from crmflow import Engine, TickReport
 from crmflow.plugins.notifiers import OutgoingMessage, RetryPolicy
+from crmflow.worker import run_worker, stop_on_signals
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 

@@ -1,5 +1,10 @@
 """The worker loop behind ``crmflow worker``: tick until told to stop.
 
+Hosts that build their own engine (their own channel objects, plugins without entry points)
+run the same loop in their process: ``run_worker(engine, stop=...)``, with
+``stop_on_signals(stop)`` on the main thread (Python delivers signals only there, so call it
+from the main thread; from another thread set ``stop`` yourself).
+
 Several workers may run against one PostgreSQL database: timers and notifications are claimed
 with leases (``SELECT ... FOR UPDATE SKIP LOCKED``), so each is handled by one worker, and a
 worker that dies leaves its claims to be taken over when the lease runs out.
@@ -28,7 +33,10 @@ log = logging.getLogger("crmflow.worker")
 
 
 def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
-    """Make SIGTERM and SIGINT set ``stop``; returns a function that restores the handlers."""
+    """Make SIGTERM and SIGINT set ``stop``; returns a function that restores the handlers.
+
+    :raises ValueError: when called outside the main thread (Python's signal rule).
+    """
     previous = {}
 
     def handle(signum: int, _frame: FrameType | None) -> None:
