@@ -25,6 +25,7 @@ import pytest
 from crmflow import Actor, CrmflowError, Engine, VirtualClock, hookimpl
 from crmflow.plugins._storage_api import OutboxRecord
 from crmflow.plugins.notifiers import (
+    DeliveryError,
     OutgoingMessage,
     RetryPolicy,
     SmtpChannel,
@@ -654,3 +655,57 @@ def test_closing_an_engine_closes_its_channels_even_when_one_fails(sqlite_url: s
     assert (failing.closed, fine.closed) == (1, 1)
     with pytest.raises(CrmflowError):
         engine.get("SO-1")  # the store was closed too
+
+
+class _RacingChannel:
+    """An e-mail channel whose two deliveries overlap: the first fails late, the second works.
+
+    The first hangs until the second has started, then fails; the second waits until the
+    first one's tick is over before it succeeds.
+    """
+
+    name = "email"
+
+    def __init__(self) -> None:
+        self.first_started = threading.Event()
+        self.second_started = threading.Event()
+        self.first_tick_over = threading.Event()
+        self.calls = 0
+
+    def deliver(self, message: OutgoingMessage) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.first_started.set()
+            self.second_started.wait(30)
+            raise DeliveryError("server went away", retryable=True)
+        self.second_started.set()
+        self.first_tick_over.wait(30)
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_delivery_whose_lease_ran_out_cannot_undo_a_later_one(sqlite_url: str) -> None:
+    # Two threads tick one engine. The first hangs on a delivery past its lease; the second
+    # claims the row again. The first then fails while the second is still delivering: that
+    # failure must not be recorded over the second's claim, or the row would end pending and
+    # the message be sent again although the second delivery went through.
+    clock = VirtualClock(START)
+    channel = _RacingChannel()
+    with _engine(sqlite_url, clock, channels=[channel]) as engine:
+        row_id = _remind(engine)
+
+        def first_tick() -> None:
+            engine.tick()
+            channel.first_tick_over.set()
+
+        first = threading.Thread(target=first_tick)
+        first.start()
+        assert channel.first_started.wait(30)
+        clock.advance("6m")  # past the five-minute lease
+        assert engine.tick().delivered == 1
+        first.join(30)
+        row = engine.store.get_outbox(row_id)
+        assert row is not None
+        assert (row.status, row.attempts) == ("delivered", 1)
+        assert channel.calls == 2

@@ -26,6 +26,7 @@ missed slot. A reminder repeating "every 30 minutes until acknowledged" keeps it
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -189,7 +190,8 @@ class TimerOperations:
             in_tx: Callable[[StorageTx], None] | None = None,
         ) -> tuple[int, dict[str, Any]]: ...
 
-    #: This engine's name as a claimant of timers and notifications.
+    #: This engine's name as a claimant of timers and notifications; each ``tick`` claims as
+    #: ``<worker_id>/<n>`` unless given a ``worker``.
     worker_id: str
     #: Jitter for retry delays (per engine: no shared random state).
     _rng: random.Random
@@ -197,9 +199,14 @@ class TimerOperations:
     def _init_timers(self) -> None:
         self.worker_id = default_worker()
         self._rng = random.Random()
+        self._calls = itertools.count(1)
 
     def _worker(self, worker: str | None) -> str:
-        return worker if worker is not None else self.worker_id
+        if worker is not None:
+            return worker
+        # One claimant per call: two threads ticking one engine must not be able to finish
+        # each other's claims (a claim whose lease ran out is someone else's to finish).
+        return f"{self.worker_id}/{next(self._calls)}"
 
     # -- tick -----------------------------------------------------------------------------
 
