@@ -340,6 +340,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         channels=channels,
         default_channels=tuple(args.default_channel or ("inbox",)),
         retry=retry,
+        lease=args.lease,
     )
     stop = threading.Event()
     restore = stop_on_signals(stop)
@@ -502,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retry-base", metavar="DURATION", help="wait after the first failure (30s)")
     p.add_argument("--retry-cap", metavar="DURATION", help="longest wait between attempts (1h)")
+    p.add_argument(
+        "--lease",
+        metavar="DURATION",
+        default="5m",
+        help="how long a claim lasts; a dead worker's work is taken over after it (5m)",
+    )
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser(

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -111,3 +112,49 @@ def test_a_worker_stops_gracefully_on_sigterm(sqlite_url: str) -> None:
     out, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
     assert "worker stopped: 0 timers fired" in out
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "url_fixture", ["sqlite_url", pytest.param("postgres_url", marks=pytest.mark.postgresql)]
+)
+def test_a_killed_workers_timers_are_taken_over_and_fire_once(
+    request: pytest.FixtureRequest, url_fixture: str
+) -> None:
+    url = str(request.getfixturevalue(url_fixture))
+    count = 1000
+    _due_reminders(url, count)
+    with Engine.from_path(WORKFLOWS, store=url, load_entry_points=False) as watcher:
+        store = watcher.store
+
+        def fired() -> int:
+            return store.count_timers(statuses={"fired"})
+
+        victim = _worker(url, "--lease", "2s")
+        _wait_for(lambda: fired() >= 50 or victim.poll() is not None, "the first fires")
+        victim.send_signal(signal.SIGKILL)  # no chance to finish or hand back what it holds
+        victim.communicate(timeout=30)
+        before = fired()
+        assert before < count, "the worker finished before it could be killed"
+        held = [t for t in store.timers(statuses={"pending"}) if t.claimed_by]
+        assert held, "killed between two batches: nothing left to take over"
+
+        rescuer = _worker(url, "--lease", "2s")
+        _wait_for(
+            lambda: fired() == count and not store.outbox(statuses={"pending"}),
+            "the rescuer to fire and deliver everything",
+        )
+        rescuer.send_signal(signal.SIGTERM)
+        out, err = rescuer.communicate(timeout=60)
+    assert rescuer.returncode == 0, err
+    # Whatever the killed worker had claimed but not committed was taken over once its lease
+    # ran out; what it had committed was not fired again.
+    assert f"worker stopped: {count - before} timers fired" in out
+    _check_exactly_once(url, count)

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from crmflow.engine._loader import load_definitions
 from crmflow.engine._model import ActionDef, GateDef, WorkflowDef
 from crmflow.engine._notify import NotificationFactory, summarize
 from crmflow.engine._tasks import gate_refusals
-from crmflow.engine._timer_ops import TimerOperations
+from crmflow.engine._timer_ops import DEFAULT_LEASE, TimerOperations
 from crmflow.engine._work import WorkOperations
 from crmflow.plugins._manager import make_plugin_manager
 from crmflow.plugins._storage_api import (
@@ -109,6 +109,9 @@ class Engine(WorkOperations, TimerOperations):
             configured (built in, in ``channels`` or from a plugin), or the engine refuses to
             start.
         retry: how failed deliveries are retried (default: :class:`RetryPolicy`'s defaults).
+        lease: how long a tick's claim on a timer or notification lasts (default five minutes;
+            a duration such as ``"30s"`` or a timedelta): the work of a worker that died is
+            taken over when its lease runs out. Make it longer than any one delivery takes.
 
     """
 
@@ -127,6 +130,7 @@ class Engine(WorkOperations, TimerOperations):
         channels: Sequence[Channel] = (),
         default_channels: Sequence[str] = ("inbox",),
         retry: RetryPolicy | None = None,
+        lease: timedelta | str = DEFAULT_LEASE,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.name = name or f"engine-{self.id}"
@@ -160,7 +164,7 @@ class Engine(WorkOperations, TimerOperations):
                     + f"; configured channels: {', '.join(known_channels)}"
                 )
         self.retry = retry or RetryPolicy()
-        self._init_timers()
+        self._init_timers(lease)
         self._notifications = NotificationFactory(
             self.plugins,
             default_channels=default_channels,

@@ -193,10 +193,18 @@ class TimerOperations:
     #: This engine's name as a claimant of timers and notifications; each ``tick`` claims as
     #: ``<worker_id>/<n>`` unless given a ``worker``.
     worker_id: str
+    #: How long a tick's claim lasts (see ``Engine(lease=...)``).
+    lease: timedelta
     #: Jitter for retry delays (per engine: no shared random state).
     _rng: random.Random
 
-    def _init_timers(self) -> None:
+    def _init_timers(self, lease: timedelta | str = DEFAULT_LEASE) -> None:
+        try:
+            self.lease = parse_duration(lease)
+        except ValueError as exc:
+            raise CrmflowError(f"lease: {exc}") from None
+        if self.lease <= timedelta(0):
+            raise CrmflowError(f"lease must be longer than zero, got {lease!r}")
         self.worker_id = default_worker()
         self._rng = random.Random()
         self._calls = itertools.count(1)
@@ -225,7 +233,7 @@ class TimerOperations:
         handled = 0
         while limit is None or handled < limit:
             size = DEFAULT_BATCH if limit is None else min(DEFAULT_BATCH, limit - handled)
-            batch = self.store.claim_due_timers(now, who, lease=DEFAULT_LEASE, limit=size)
+            batch = self.store.claim_due_timers(now, who, lease=self.lease, limit=size)
             if not batch:
                 break
             for timer in batch:
@@ -254,7 +262,7 @@ class TimerOperations:
                 "timer %s (%s) failed; it will be tried again when its lease runs out (%s)",
                 timer.id,
                 timer.name,
-                DEFAULT_LEASE,
+                self.lease,
             )
             return TickReport(failed=1)
 
@@ -624,7 +632,7 @@ class TimerOperations:
         delivered = retrying = dead = handled = 0
         while limit is None or handled < limit:
             size = DEFAULT_BATCH if limit is None else min(DEFAULT_BATCH, limit - handled)
-            batch = self.store.claim_due_outbox(now, who, lease=DEFAULT_LEASE, limit=size)
+            batch = self.store.claim_due_outbox(now, who, lease=self.lease, limit=size)
             if not batch:
                 break
             for row in batch:
