@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,6 +107,29 @@ def test_tick_benchmark_runs_and_prints_ratios() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("ratio") == 3
     assert "raw sqlite3" in proc.stdout and "2,000 pending, not due" in proc.stdout
+
+
+FAULTS_BENCH = BENCH.parent / "bench_faults.py"
+
+
+def test_faults_benchmark_kills_workers_and_every_timer_fires_once() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(FAULTS_BENCH),
+            *("--timers", "300", "--workers", "2", "--kills", "2", "--kill-every", "0.3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("exactly once: PASS") == 2, proc.stdout
+    assert "FAIL" not in proc.stdout
+    kills = re.search(r"(\d+) kills;", proc.stdout)
+    assert kills is not None and int(kills.group(1)) >= 1, proc.stdout
+    assert "ratio baseline/fault" in proc.stdout
 
 
 SCENARIO_BENCH = BENCH.parent / "bench_scenarios.py"
