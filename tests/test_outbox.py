@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -627,6 +628,14 @@ def test_a_long_first_retry_wait_raises_the_default_cap(sqlite_url: str) -> None
     worker = _cli("worker", "--store", sqlite_url, "--retry-base", "2h", "--until-idle")
     assert worker.returncode == 0, worker.stderr
     assert "worker stopped: 0 timers fired" in worker.stdout
+    # And a cap shorter than the default first wait lowers that wait.
+    short = _cli("worker", "--store", sqlite_url, "--retry-cap", "10s", "--until-idle")
+    assert short.returncode == 0, short.stderr
+    clash = _cli(
+        "worker", "--store", sqlite_url, "--retry-base", "1m", "--retry-cap", "10s", "--until-idle"
+    )
+    assert clash.returncode == 2
+    assert "cap" in clash.stderr
 
 
 class _ClosingChannel:
@@ -709,3 +718,76 @@ def test_a_delivery_whose_lease_ran_out_cannot_undo_a_later_one(sqlite_url: str)
         assert row is not None
         assert (row.status, row.attempts) == ("delivered", 1)
         assert channel.calls == 2
+
+
+class _SlowChannel:
+    """A channel that takes a while per message and notes every message id it is handed."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ids: list[str] = []
+        self._lock = threading.Lock()
+
+    def deliver(self, message: OutgoingMessage) -> None:
+        time.sleep(self.seconds)
+        with self._lock:
+            self.ids.append(message.id)
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_batch_longer_than_its_lease_is_not_delivered_twice(sqlite_url: str) -> None:
+    # 150 messages at 20 ms each take 3 s, the lease is 2 s. A worker hands back what is left
+    # of a batch once half its lease is gone (and claims it again), so a second worker starting
+    # after the first lease would have run out (2.3 s) takes over only rows nobody is
+    # delivering: every message goes out once.
+    channel = _SlowChannel(0.02)
+    engines = [
+        Engine.from_path(
+            WORKFLOWS,
+            store=sqlite_url,
+            channels=[channel],
+            lease="2s",
+            load_entry_points=False,
+        )
+        for _ in range(2)
+    ]
+    try:
+        now = datetime.now(UTC)
+        for n in range(150):
+            engines[0].add_reminder(f"user{n}", message=f"note {n}", at=now, channels=("slow",))
+        engines[0].tick(deliver=False)
+        reports: list[Any] = []
+
+        def deliver(engine: Engine, delay: float) -> None:
+            time.sleep(delay)
+            reports.append(engine.deliver_outbox())
+
+        threads = [
+            threading.Thread(target=deliver, args=(engine, delay))
+            for engine, delay in zip(engines, (0.0, 2.3), strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(channel.ids) == 150
+        assert len(set(channel.ids)) == 150
+        assert sum(r.delivered for r in reports) == 150
+        assert {r.status for r in engines[0].notifications(channel="slow")} == {"delivered"}
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def test_lease_values_are_checked() -> None:
+    for bad, message in (("0s", "longer than zero"), ("2d", "at most a day"), ("5x", "bad")):
+        with pytest.raises(CrmflowError, match=message):
+            Engine.from_path(WORKFLOWS, lease=bad, load_entry_points=False)
+    with pytest.raises(CrmflowError, match="too long"):
+        Engine.from_path(WORKFLOWS, lease="99999999999w", load_entry_points=False)
+    with Engine.from_path(WORKFLOWS, lease=timedelta(seconds=90), load_entry_points=False) as e:
+        assert e.lease == timedelta(seconds=90)

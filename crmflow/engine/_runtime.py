@@ -111,7 +111,9 @@ class Engine(WorkOperations, TimerOperations):
         retry: how failed deliveries are retried (default: :class:`RetryPolicy`'s defaults).
         lease: how long a tick's claim on a timer or notification lasts (default five minutes;
             a duration such as ``"30s"`` or a timedelta): the work of a worker that died is
-            taken over when its lease runs out. Make it longer than any one delivery takes.
+            taken over when its lease runs out (at most a day). Make it more than twice the
+            longest one delivery can take: a worker hands back what is left of a batch once
+            half the lease is gone.
 
     """
 

@@ -78,6 +78,8 @@ log = logging.getLogger("crmflow")
 
 #: How long a worker owns what it claimed before another may take it over.
 DEFAULT_LEASE = timedelta(minutes=5)
+#: A longer lease would leave a dead worker's timers waiting for more than a day.
+MAX_LEASE = timedelta(days=1)
 #: Timers or notifications claimed per round trip.
 DEFAULT_BATCH = 200
 
@@ -89,9 +91,9 @@ class TickReport:
     ``fired`` counts timers that ran (their trigger fired or their notification went out),
     ``refused`` timers whose trigger a rule refused (recorded in the history), ``skipped``
     timers with nothing left to do (their instance is gone or the trigger no longer applies),
-    ``lost`` timers another worker finished first, ``failed`` timers that raised (they are
-    tried again once their lease runs out). ``delivered``, ``retrying`` and ``dead`` count
-    outbox deliveries.
+    ``lost`` timers or notifications another worker finished first, ``failed`` timers that
+    raised (they are tried again once their lease runs out). ``delivered``, ``retrying`` and
+    ``dead`` count outbox deliveries.
     """
 
     fired: int = 0
@@ -203,8 +205,8 @@ class TimerOperations:
             self.lease = parse_duration(lease)
         except ValueError as exc:
             raise CrmflowError(f"lease: {exc}") from None
-        if self.lease <= timedelta(0):
-            raise CrmflowError(f"lease must be longer than zero, got {lease!r}")
+        if not timedelta(0) < self.lease <= MAX_LEASE:
+            raise CrmflowError(f"lease must be longer than zero and at most a day, got {lease!r}")
         self.worker_id = default_worker()
         self._rng = random.Random()
         self._calls = itertools.count(1)
@@ -228,15 +230,22 @@ class TimerOperations:
         part). See the module documentation for the exact rules.
         """
         who = self._worker(worker)
-        now = self.clock.now()
         report = TickReport()
         handled = 0
         while limit is None or handled < limit:
             size = DEFAULT_BATCH if limit is None else min(DEFAULT_BATCH, limit - handled)
+            # Each batch's lease starts when it is claimed, not when the tick began.
+            now = self.clock.now()
             batch = self.store.claim_due_timers(now, who, lease=self.lease, limit=size)
             if not batch:
                 break
-            for timer in batch:
+            for index, timer in enumerate(batch):
+                if index and self._running_late(now):
+                    # Hand the rest back while the claims are still ours: claimed again at
+                    # once (by this loop or another worker), never run on an expired lease.
+                    for rest in batch[index:]:
+                        self.store.release_timer(rest.id, who)
+                    break
                 report = report + self._run_timer(timer, who, now)
             handled += len(batch)
         if deliver:
@@ -628,20 +637,43 @@ class TimerOperations:
     def deliver_outbox(self, *, worker: str | None = None, limit: int | None = None) -> TickReport:
         """Deliver every notification whose next attempt is due (part of :meth:`tick`)."""
         who = self._worker(worker)
-        now = self.clock.now()
-        delivered = retrying = dead = handled = 0
+        delivered = retrying = dead = lost = handled = 0
         while limit is None or handled < limit:
             size = DEFAULT_BATCH if limit is None else min(DEFAULT_BATCH, limit - handled)
+            now = self.clock.now()
             batch = self.store.claim_due_outbox(now, who, lease=self.lease, limit=size)
             if not batch:
                 break
-            for row in batch:
+            for index, row in enumerate(batch):
+                if index and self._running_late(now):
+                    # As for timers: what is left goes back before the lease runs out, so no
+                    # other worker can take a row over while this one still delivers it.
+                    for rest in batch[index:]:
+                        self._hand_back(rest, who)
+                    break
                 status = self._deliver_one(row, who, now)
                 delivered += status == "delivered"
                 retrying += status == "pending"
                 dead += status == "dead"
+                lost += status == "lost"
             handled += len(batch)
-        return TickReport(delivered=delivered, retrying=retrying, dead=dead)
+        return TickReport(delivered=delivered, retrying=retrying, dead=dead, lost=lost)
+
+    def _running_late(self, claimed_at: datetime) -> bool:
+        """Whether half of a batch's lease has gone: the rest is handed back, not risked."""
+        return self.clock.now() - claimed_at >= self.lease / 2
+
+    def _hand_back(self, row: OutboxRecord, worker: str) -> None:
+        """Release a claimed notification unchanged (due again at once)."""
+        self.store.finish_delivery(
+            row.id,
+            worker,
+            status="pending",
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at,
+            last_error=row.last_error,
+            delivered_at=None,
+        )
 
     def _deliver_one(self, row: OutboxRecord, worker: str, now: datetime) -> str:
         attempt = row.attempts + 1
@@ -685,7 +717,7 @@ class TimerOperations:
             if next_at is not None and retry_after is not None:
                 next_at = max(next_at, now + retry_after)
             status = "pending" if next_at is not None else "dead"
-        self.store.finish_delivery(
+        recorded = self.store.finish_delivery(
             row.id,
             worker,
             status=status,
@@ -694,7 +726,9 @@ class TimerOperations:
             last_error=error,
             delivered_at=now if status == "delivered" else None,
         )
-        return status
+        # The claim was no longer ours (its lease ran out and another worker took the row):
+        # what that worker records stands.
+        return status if recorded else "lost"
 
     def notifications(
         self,
