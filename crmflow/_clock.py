@@ -31,7 +31,10 @@ def parse_duration(text: str | timedelta) -> timedelta:
             raise ValueError(
                 f"bad duration {part!r}: use a number and one of s, m, h, d, w (e.g. 2d)"
             )
-        total += timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            total += timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise ValueError(f"duration {text!r} is too long") from None
     return total
 
 

@@ -308,13 +308,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    if "base" in retry_config and "cap" not in retry_config:
-        # A longer first wait than the default cap raises the cap with it.
-        try:
-            if parse_duration(args.retry_base) > RetryPolicy().cap:
-                retry_config["cap"] = args.retry_base
-        except ValueError:
-            pass  # from_mapping says what is wrong with it
+    # One bound given alone moves the other default out of its way: a first wait longer than
+    # the default cap raises the cap, a cap shorter than the default first wait lowers it.
+    defaults = RetryPolicy()
+    base_alone = "base" in retry_config and "cap" not in retry_config
+    cap_alone = "cap" in retry_config and "base" not in retry_config
+    try:
+        if base_alone and parse_duration(args.retry_base) > defaults.cap:
+            retry_config["cap"] = args.retry_base
+        if cap_alone and parse_duration(args.retry_cap) < defaults.base:
+            retry_config["base"] = args.retry_cap
+    except ValueError:
+        pass  # from_mapping says what is wrong with the value
     try:
         retry = RetryPolicy.from_mapping(retry_config)
     except ValueError as exc:

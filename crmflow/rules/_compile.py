@@ -184,7 +184,8 @@ def _scaled_int(value: Any) -> Any:
     as_int = value * _FACTOR
     if -LIMIT < as_int < LIMIT:
         return as_int
-    raise Inexact(f"{value} is too large")
+    # Not the value itself: Python refuses to write out ints of more than 4300 digits.
+    raise Inexact(f"an integer of {value.bit_length()} bits is too large")
 
 
 def _scaled_decimal(value: Any) -> Any:
