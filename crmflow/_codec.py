@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "dumps_tagged",
     "fast_encoder",
     "from_jsonable",
+    "iso_text",
     "loads",
     "to_jsonable",
 ]
@@ -88,6 +89,18 @@ dumps_tagged: Callable[[Any], str] = fast_encoder()
 canonical_tagged: Callable[[Any], str] = fast_encoder(sort_keys=True)
 
 
+def iso_text(moment: datetime) -> str:
+    """ISO 8601 text of ``moment`` that reads back as the same moment.
+
+    An offset with a fraction of a second (``+00:00:00.000001``) does not survive
+    ``datetime.fromisoformat`` on every Python, so such a moment is written in UTC instead.
+    """
+    offset = moment.utcoffset()
+    if offset is not None and offset.microseconds:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat()
+
+
 def to_jsonable(value: Any) -> Any:
     """Return ``value`` as plain JSON types, tagging Decimal, date and datetime.
 
@@ -135,7 +148,7 @@ def to_jsonable(value: Any) -> Any:
         return {_DECIMAL: str(value)}
     # datetime is a subclass of date: test it first.
     if isinstance(value, datetime):
-        return {_DATETIME: value.isoformat()}
+        return {_DATETIME: iso_text(value)}
     if isinstance(value, date):
         return {_DATE: value.isoformat()}
     if isinstance(value, Mapping):

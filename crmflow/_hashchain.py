@@ -19,7 +19,7 @@ from datetime import datetime
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
-from crmflow._codec import canonical_tagged, to_jsonable
+from crmflow._codec import canonical_tagged, iso_text, to_jsonable
 
 if TYPE_CHECKING:
     # Only for annotations: keeps this module importable from the plugins package itself.
@@ -100,7 +100,7 @@ def encoded_entry_hash(
         prev_hash,
         seq,
         instance_key,
-        at.isoformat(),
+        iso_text(at),
         actor,
         kind,
         trigger,

@@ -788,3 +788,16 @@ def test_history_reads_back_alike_on_every_back_end(storage: Storage) -> None:
     assert list(entry.details["actions"][0]) == ["a", "z"]
     assert entry.changes == draft.changes and entry.details == draft.details
     assert verify_chain(storage.history("SO-1")).ok
+
+
+def test_a_moment_with_a_sub_second_utc_offset_keeps_the_chain_valid(storage: Storage) -> None:
+    # Such an offset does not survive an ISO round trip on every Python; it is stored in UTC.
+    odd = timezone(timedelta(microseconds=1))
+    start(storage)
+    moment = datetime(2026, 1, 5, 9, 0, tzinfo=odd)
+    with storage.transaction() as tx:
+        tx.update_instance(make_record(version=2), expected_version=1)
+        tx.append_history(make_draft(n=1, at=moment, changes={"seen": [None, moment]}))
+    entry = storage.history("SO-1")[-1]
+    assert entry.at == moment and entry.changes["seen"][1] == moment  # the same instant
+    assert verify_chain(storage.history("SO-1")).ok

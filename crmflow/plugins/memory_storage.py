@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
-from crmflow._codec import dumps, from_jsonable, loads, to_jsonable
+from crmflow._codec import dumps, from_jsonable, iso_text, loads, to_jsonable
 from crmflow._errors import ConcurrencyConflict, InstanceExists, StorageError
 from crmflow._hashchain import GENESIS, hashed_entry_texts
 from crmflow.plugins._storage_api import (
@@ -220,7 +220,7 @@ class MemoryTx:
         # Encode once: the tagged form is both what is hashed and what is kept (as text).
         changes, details = to_jsonable(draft.changes), to_jsonable(draft.details)
         at = draft.at
-        at_text = at.isoformat()
+        at_text = iso_text(at)
         if type(at) is not datetime or not (at.tzinfo is UTC or at.tzinfo is None) or at.fold:
             at = datetime.fromisoformat(at_text)  # what a read of the stored text gives
         # The canonical (sorted) texts are both what is hashed and what is kept.

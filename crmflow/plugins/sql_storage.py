@@ -64,7 +64,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlmodel import Field, SQLModel
 
-from crmflow._codec import dumps, loads, to_jsonable
+from crmflow._codec import dumps, iso_text, loads, to_jsonable
 from crmflow._errors import (
     ConcurrencyConflict,
     CrmflowError,
@@ -819,7 +819,7 @@ class SqlTx:
                 seq, prev_hash = 1, GENESIS
             else:
                 seq, prev_hash = last[0] + 1, last[1]
-            at_text = draft.at.isoformat()
+            at_text = iso_text(draft.at)
             # The canonical (sorted) texts are both what is hashed and what is kept, as in the
             # memory store; the record returned is what a later read of them gives.
             changes_text, details_text, digest = hashed_entry_texts(
