@@ -97,7 +97,12 @@ class Workers:
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=self.log,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                    env={
+                        **os.environ,
+                        "PYTHONPATH": os.pathsep.join(
+                            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+                        ),
+                    },
                 )
             )
 
@@ -294,6 +299,10 @@ def print_run(r: Run) -> None:
         print(f"    {problem}")
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Run the baseline and the fault run, print the results; exit 1 unless both pass."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -311,6 +320,9 @@ def main() -> None:
         help="run on this PostgreSQL database (in schemas bench_faults_*, dropped after)",
     )
     args = parser.parse_args()
+    # Stopped with SIGTERM (a timeout, Ctrl-C's sibling): unwind, so that the workers are
+    # stopped and the temporary stores removed by the finally blocks.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
     backend = "postgresql" if args.postgresql else "sqlite"
     print(

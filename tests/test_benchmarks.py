@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -113,17 +115,25 @@ FAULTS_BENCH = BENCH.parent / "bench_faults.py"
 
 
 def test_faults_benchmark_kills_workers_and_every_timer_fires_once() -> None:
-    proc = subprocess.run(
+    # A session of its own: if the run hangs, its worker processes are killed with it.
+    running = subprocess.Popen(
         [
             sys.executable,
             str(FAULTS_BENCH),
             *("--timers", "300", "--workers", "2", "--kills", "2", "--kill-every", "0.3"),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = running.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.communicate()
+        raise
+    proc = subprocess.CompletedProcess(running.args, running.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("exactly once: PASS") == 2, proc.stdout
     assert "FAIL" not in proc.stdout
