@@ -23,13 +23,11 @@ from crmflow._codec import canonical_tagged, iso_text, to_jsonable
 
 if TYPE_CHECKING:
     # Only for annotations: keeps this module importable from the plugins package itself.
-    from crmflow.plugins._storage_api import HistoryDraft, HistoryRecord
+    from crmflow.plugins._storage_api import HistoryRecord
 
 __all__ = [
     "GENESIS",
     "ChainReport",
-    "draft_hash",
-    "encoded_entry_hash",
     "entry_hash",
     "hashed_entry_texts",
     "record_hash",
@@ -59,43 +57,7 @@ def entry_hash(
     details: Mapping[str, Any],
 ) -> str:
     """Return the SHA-256 hex digest chaining one history entry to ``prev_hash``."""
-    return encoded_entry_hash(
-        prev_hash,
-        seq=seq,
-        instance_key=instance_key,
-        at=at,
-        actor=actor,
-        kind=kind,
-        trigger=trigger,
-        from_state=from_state,
-        to_state=to_state,
-        reason=reason,
-        changes=to_jsonable(changes),
-        details=to_jsonable(details),
-    )
-
-
-def encoded_entry_hash(
-    prev_hash: str,
-    *,
-    seq: int,
-    instance_key: str,
-    at: datetime,
-    actor: str,
-    kind: str,
-    trigger: str,
-    from_state: str,
-    to_state: str,
-    reason: str,
-    changes: Any,
-    details: Any,
-) -> str:
-    """Like :func:`entry_hash`, with ``changes`` and ``details`` already through ``to_jsonable``.
-
-    Storage back ends encode those values anyway to store them; passing the encoded form
-    avoids encoding twice on every write.
-    """
-    # Hash the ISO text, not the tagged form: the text is what storage keeps.
+    # Hash the ISO text and the tagged values: the texts are what storage keeps.
     return hashed_entry_texts(
         prev_hash,
         seq,
@@ -107,8 +69,8 @@ def encoded_entry_hash(
         from_state,
         to_state,
         reason,
-        changes,
-        details,
+        to_jsonable(changes),
+        to_jsonable(details),
     )[2]
 
 
@@ -126,7 +88,7 @@ def hashed_entry_texts(
     changes: Any,
     details: Any,
 ) -> tuple[str, str, str]:
-    """Like :func:`encoded_entry_hash` (``at`` as its ISO 8601 text), with the texts it hashed.
+    """Like :func:`entry_hash` for tagged values and ``at`` as ISO text; also the texts hashed.
 
     Returns ``(changes_text, details_text, hash)``: a store that keeps those texts encodes
     each value once, for the hash and for keeping.
@@ -163,24 +125,6 @@ def hashed_entry_texts(
             }
         )
     return changes_text, details_text, sha256((prev_hash + body).encode()).hexdigest()
-
-
-def draft_hash(prev_hash: str, seq: int, draft: HistoryDraft) -> str:
-    """Return the hash a :class:`HistoryDraft` gets when stored as entry ``seq``."""
-    return entry_hash(
-        prev_hash,
-        seq=seq,
-        instance_key=draft.instance_key,
-        at=draft.at,
-        actor=draft.actor,
-        kind=draft.kind,
-        trigger=draft.trigger,
-        from_state=draft.from_state,
-        to_state=draft.to_state,
-        reason=draft.reason,
-        changes=draft.changes,
-        details=draft.details,
-    )
 
 
 def record_hash(record: HistoryRecord) -> str:

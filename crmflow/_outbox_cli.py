@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from crmflow._errors import CrmflowError
@@ -48,9 +49,7 @@ def run_outbox(args: argparse.Namespace) -> int:
         )
         for row in rows:
             print(describe(row))
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row.status] = counts.get(row.status, 0) + 1
+        counts = Counter(row.status for row in rows)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         print(f"{len(rows)} notification(s)" + (f" ({summary})" if summary else ""))
         return 0
@@ -74,4 +73,13 @@ def _requeue(engine: Engine, args: argparse.Namespace) -> int:
     for row in rows:
         print(f"requeued {describe(row)}")
     print(f"{len(rows)} dead notification(s) requeued; the next tick sends them")
+    left = engine.notifications(
+        key=args.key, channel=args.channel, recipient=args.recipient, status="dead"
+    )
+    if left:
+        # requeue_dead leaves what would reach nobody: say so, or they look handled.
+        print(
+            f"{len(left)} still dead: no recipient was found for them when they were queued "
+            "(fix the org directory or the recipient spec; they are not sent again)"
+        )
     return 0

@@ -791,3 +791,14 @@ def test_lease_values_are_checked() -> None:
         Engine.from_path(WORKFLOWS, lease="99999999999w", load_entry_points=False)
     with Engine.from_path(WORKFLOWS, lease=timedelta(seconds=90), load_entry_points=False) as e:
         assert e.lease == timedelta(seconds=90)
+
+
+def test_bulk_requeue_says_what_it_left_dead(sqlite_url: str) -> None:
+    with Engine.from_path(WORKFLOWS, store=sqlite_url, load_entry_points=False) as engine:
+        engine.start("deal", "D-1", actor=REP, data={"company": "Hangzhou Tea Co."})
+        engine.fire("D-1", "qualify", actor=REP)  # 'manager' resolves to nobody: dead
+        assert len(engine.notifications(status="dead")) == 1
+    result = _cli("outbox", "--store", sqlite_url, "--requeue")
+    assert result.returncode == 0, result.stderr
+    assert "0 dead notification(s) requeued" in result.stdout
+    assert "1 still dead: no recipient was found" in result.stdout

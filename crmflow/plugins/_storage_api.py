@@ -184,7 +184,11 @@ class StorageTx(Protocol):
         """
 
     def append_history(self, draft: HistoryDraft) -> HistoryRecord:
-        """Append a history entry with the next ``seq`` and its chained hash."""
+        """Append a history entry with the next ``seq`` and its chained hash.
+
+        The record returned carries the draft's own ``changes`` and ``details`` (equal to what
+        a later read returns, not decoded again).
+        """
 
     def put_idempotency(
         self,

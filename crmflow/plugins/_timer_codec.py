@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crmflow._codec import dumps, loads
+from crmflow._codec import dumps, iso_text, loads
 from crmflow.plugins._storage_api import OutboxRecord, TimerRecord
 
 __all__ = [
@@ -74,7 +74,7 @@ def _from_us(value: int | None) -> datetime | None:
 
 
 def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return None if value is None else iso_text(value)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -98,7 +98,7 @@ def timer_to_values(timer: TimerRecord) -> dict[str, Any]:
         "owner": timer.owner,
         "status": timer.status,
         "due_us": to_epoch_us(timer.due_at, "due_at"),
-        "created_at": timer.created_at.isoformat(),
+        "created_at": iso_text(timer.created_at),
         "payload": dumps(timer.payload),
         "fired_at": _time(timer.fired_at),
         "fire_count": timer.fire_count,
@@ -141,7 +141,7 @@ def outbox_to_values(record: OutboxRecord) -> dict[str, Any]:
         "channel": record.channel,
         "recipient": record.recipient,
         "subject": record.subject,
-        "created_at": record.created_at.isoformat(),
+        "created_at": iso_text(record.created_at),
         "created_us": to_epoch_us(record.created_at, "created_at"),
         "instance_key": record.instance_key,
         "event": record.event,

@@ -144,7 +144,7 @@ def _cancelled(values: Mapping[str, Any], at: datetime) -> dict[str, Any]:
     return {
         **values,
         "status": "cancelled",
-        "cancelled_at": at.isoformat(),
+        "cancelled_at": iso_text(at),
         "claimed_by": None,
         "lease_us": None,
     }
@@ -285,7 +285,7 @@ class MemoryTx:
                 f"idempotency key {idempotency_key!r} was already used (instance {instance_key!r})",
             )
             raise err
-        created = (at or datetime.now(UTC)).isoformat()
+        created = iso_text(at or datetime.now(UTC))
         self._idempotency[idempotency_key] = (instance_key, to_jsonable(result), created)
 
     def put_tasks(self, tasks: Sequence[Task]) -> None:
@@ -367,7 +367,7 @@ class MemoryTx:
         self._timers[timer_id] = {
             **values,
             **changes,
-            "fired_at": at.isoformat(),
+            "fired_at": iso_text(at),
             "fire_count": values["fire_count"] + 1,
             "claimed_by": None,
             "lease_us": None,
@@ -756,7 +756,7 @@ class MemoryStorage:
                     "attempts": attempts,
                     "next_attempt_us": next_us,
                     "last_error": last_error,
-                    "delivered_at": None if delivered_at is None else delivered_at.isoformat(),
+                    "delivered_at": None if delivered_at is None else iso_text(delivered_at),
                     "claimed_by": None,
                     "lease_us": None,
                 },
@@ -809,9 +809,9 @@ class MemoryStorage:
                 return None
             changes: dict[str, Any] = {}
             if read_at is not None and values["read_at"] is None:
-                changes["read_at"] = read_at.isoformat()
+                changes["read_at"] = iso_text(read_at)
             if acknowledged_at is not None and values["acknowledged_at"] is None:
-                changes["acknowledged_at"] = acknowledged_at.isoformat()
+                changes["acknowledged_at"] = iso_text(acknowledged_at)
             if changes:
                 values = {**values, **changes}
                 self._outbox[outbox_id] = values

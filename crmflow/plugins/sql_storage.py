@@ -661,8 +661,8 @@ def _instance_values(record: InstanceRecord) -> dict[str, Any]:
         "data": dumps(record.data),
         "version": record.version,
         "owner": record.owner,
-        "created_at": record.created_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
+        "created_at": iso_text(record.created_at),
+        "updated_at": iso_text(record.updated_at),
     }
 
 
@@ -793,7 +793,7 @@ class SqlTx:
                 "data": dumps(record.data),
                 "version": record.version,
                 "owner": record.owner,
-                "updated_at": record.updated_at.isoformat(),
+                "updated_at": iso_text(record.updated_at),
             }
             conn = self.connection
             if _first(conn, _UPDATE_INSTANCE, params) is not None:
@@ -821,7 +821,7 @@ class SqlTx:
                 seq, prev_hash = last[0] + 1, last[1]
             at_text = iso_text(draft.at)
             # The canonical (sorted) texts are both what is hashed and what is kept, as in the
-            # memory store; the record returned is what a later read of them gives.
+            # memory store.
             changes_text, details_text, digest = hashed_entry_texts(
                 prev_hash,
                 seq,
@@ -846,8 +846,8 @@ class SqlTx:
                 "from_state": draft.from_state,
                 "to_state": draft.to_state,
                 "reason": draft.reason,
-                "changes": loads(changes_text),
-                "details": loads(details_text),
+                "changes": draft.changes,
+                "details": draft.details,
             }
             params = {
                 **rec_fields,
@@ -884,7 +884,7 @@ class SqlTx:
                 "key": idempotency_key,
                 "instance_key": instance_key,
                 "result": dumps(result),
-                "created_at": (at or datetime.now(UTC)).isoformat(),
+                "created_at": iso_text(at or datetime.now(UTC)),
             }
             if _first(self.connection, self._inserts.idempotency, params) is None:
                 raise _idempotency_conflict(idempotency_key, instance_key)
@@ -936,7 +936,7 @@ class SqlTx:
                 update(_TIMER)
                 .where(_TIMER.c.instance_key == instance_key, _TIMER.c.status == _PENDING)
                 .values(
-                    status="cancelled", cancelled_at=at.isoformat(), claimed_by=None, lease_us=None
+                    status="cancelled", cancelled_at=iso_text(at), claimed_by=None, lease_us=None
                 )
                 .returning(*_TIMER_COLS)
             )
@@ -949,7 +949,7 @@ class SqlTx:
 
     def cancel_timer(self, timer_id: str, *, at: datetime) -> bool:
         """Cancel one pending timer by id; return whether it was pending."""
-        params = {"w_id": timer_id, "cancelled_at": at.isoformat()}
+        params = {"w_id": timer_id, "cancelled_at": iso_text(at)}
         return _guard("cancel_timer", lambda: bool(_rows(self.connection, _CANCEL_TIMER, params)))
 
     def finish_timer(
@@ -972,7 +972,7 @@ class SqlTx:
         params: dict[str, Any] = {
             "w_id": timer_id,
             "w_worker": worker,
-            "fired_at": at.isoformat(),
+            "fired_at": iso_text(at),
         }
         if next_due is None:
             stmt = _FIRE_TIMER
@@ -1433,7 +1433,7 @@ class SqlStorage:
                 None if next_attempt_at is None else to_epoch_us(next_attempt_at, "next_attempt_at")
             ),
             "last_error": last_error,
-            "delivered_at": None if delivered_at is None else delivered_at.isoformat(),
+            "delivered_at": None if delivered_at is None else iso_text(delivered_at),
         }
         return self._write(
             "finish_delivery", lambda conn: bool(_rows(conn, _FINISH_DELIVERY, params))
@@ -1490,10 +1490,10 @@ class SqlStorage:
         """
         values: dict[str, Any] = {}
         if read_at is not None:
-            values["read_at"] = func.coalesce(_OUTBOX.c.read_at, read_at.isoformat())
+            values["read_at"] = func.coalesce(_OUTBOX.c.read_at, iso_text(read_at))
         if acknowledged_at is not None:
             values["acknowledged_at"] = func.coalesce(
-                _OUTBOX.c.acknowledged_at, acknowledged_at.isoformat()
+                _OUTBOX.c.acknowledged_at, iso_text(acknowledged_at)
             )
         if not values:
             return self.get_outbox(outbox_id)
