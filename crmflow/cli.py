@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crmflow._errors import CrmflowError, DefinitionError
@@ -12,6 +12,7 @@ from crmflow._suggest import suggest
 from crmflow.engine._check import check_path
 from crmflow.engine._diagram import history_path, mermaid, render
 from crmflow.engine._loader import load_definitions, load_workflow_file
+from crmflow.engine._scenario import default_workflows_path
 
 __all__ = ["main"]
 
@@ -26,6 +27,21 @@ def default_workflows_dir() -> Path:
         if candidate.is_dir():
             return candidate
     return here.parent / "workflows"
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -203,7 +219,8 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
         plot_forecast,
     )
 
-    search = Path(args.workflows) if args.workflows else default_workflows_dir()
+    # Like a scenario file: the workflows above its forecasts/ directory, else beside it.
+    search = Path(args.workflows) if args.workflows else default_workflows_path(args.file)
     definitions = {d.name: d for d in load_definitions(search)}
     spec = load_forecast_file(args.file, workflows=definitions)
     report = forecast(definitions[spec.workflow], spec, leads=args.leads, seed=args.seed)
@@ -218,6 +235,23 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.explore is not None:
+        ignored = [
+            option
+            for option, given in (
+                ("--junit", args.junit),
+                ("--coverage", args.coverage),
+                ("-k", args.name),
+                ("--store", args.store != "memory://"),
+            )
+            if given
+        ]
+        if ignored:
+            print(
+                f"crmflow: --explore does not take {', '.join(ignored)} (those are for scenario "
+                "runs); run them as a separate crmflow simulate",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         return _cmd_explore(args)
     from crmflow._junit import write_junit
     from crmflow.engine._simulate import ScenarioResult, junit_suites, simulate
@@ -456,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--explore",
-        type=int,
+        type=_count(0),
         metavar="N",
         help="instead of scenarios: N seeded random walks per workflow (PATH: workflow names "
         "or files; default all) checking for stuck instances and unhandled errors",
@@ -470,20 +504,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="Monte Carlo pipeline forecast from a forecast file (funnel, time to close)",
     )
     p.add_argument("file", help="a forecast file (see docs/simulation.md)")
-    p.add_argument("--workflows", help="workflow directory (default: the shipped workflows/)")
-    p.add_argument("--leads", type=int, help="number of leads (default: the file's)")
+    p.add_argument(
+        "--workflows",
+        help="workflow directory (default: the directory above the file's forecasts/ "
+        "directory, else the file's own directory)",
+    )
+    p.add_argument("--leads", type=_count(1), help="number of leads (default: the file's)")
     p.add_argument("--seed", type=int, help="random seed (default: the file's)")
     p.add_argument("--plot", help="also draw the funnel and times to PNG/SVG (needs matplotlib)")
     p.set_defaults(func=_cmd_forecast)
 
     p = sub.add_parser("demo", help="run the sales-order story on an SQLite file and explain it")
     p.add_argument("--db", default="crmflow-demo.db", help="SQLite file (recreated)")
-    p.add_argument("--workflows", help="workflow directory (default: the shipped workflows/)")
+    p.add_argument("--workflows", help="workflow directory (default: ./workflows/, else shipped)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("worker", help="fire due timers and deliver notifications, in a loop")
     p.add_argument("--store", required=True, help="store URL (postgresql://... or sqlite:///...)")
-    p.add_argument("--workflows", help="workflow directory (default: the shipped workflows/)")
+    p.add_argument("--workflows", help="workflow directory (default: ./workflows/, else shipped)")
     p.add_argument("--org", help="org directory YAML (recipients, managers, delegations)")
     p.add_argument("--calendar", help="business calendar YAML for working-time timers")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between idle ticks")

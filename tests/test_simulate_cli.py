@@ -317,3 +317,47 @@ def test_the_installed_command(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "quote: 2/2 transitions, 2/2 rule refusals (3 scenarios): complete" in done.stdout
     assert "3 scenarios in 1 files: 3 passed, 0 failed" in done.stdout
+
+
+def test_explore_refuses_scenario_options_it_would_ignore(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "--explore", "2", "--junit", str(tmp_path / "x.xml"), "-k", "a")
+    assert code == 2
+    assert "--explore does not take --junit, -k" in err
+    assert not (tmp_path / "x.xml").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["simulate", "--explore", "-1"], "-1 is less than 0"),
+        (["forecast", "workflows/forecasts/deal.forecast.yaml", "--leads", "0"], "0 is less"),
+        (["forecast", "workflows/forecasts/deal.forecast.yaml", "--leads", "many"], "whole"),
+    ],
+)
+def test_bad_counts_are_usage_errors_not_tracebacks(
+    capsys: pytest.CaptureFixture[str], args: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_a_forecast_file_finds_the_workflows_above_its_forecasts_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = tmp_path / "client" / "workflows"
+    (client / "forecasts").mkdir(parents=True)
+    text = (
+        (ROOT / "workflows" / "deal.yaml").read_text().replace("workflow: deal", "workflow: deal2")
+    )
+    (client / "deal2.yaml").write_text(text)
+    spec = (ROOT / "workflows" / "forecasts" / "deal.forecast.yaml").read_text()
+    (client / "forecasts" / "d.forecast.yaml").write_text(
+        spec.replace("workflow: deal", "workflow: deal2")
+    )
+    monkeypatch.chdir(tmp_path)  # no workflows/ here: the file's location must decide
+    assert main(["forecast", str(client / "forecasts" / "d.forecast.yaml"), "--leads", "50"]) == 0
+    assert "deal2" in capsys.readouterr().out

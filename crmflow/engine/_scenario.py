@@ -360,15 +360,15 @@ def scenario_files(path: str | Path) -> list[Path]:
 
 
 def default_workflows_path(scenario: str | Path) -> Path:
-    """Where a scenario file's workflows are when neither the file nor the caller says.
+    """Where a scenario (or forecast) file's workflows are when neither file nor caller says.
 
-    The directory above the nearest enclosing ``scenarios`` directory
+    The directory above the nearest enclosing ``scenarios`` (or ``forecasts``) directory
     (``workflows/scenarios/deal.yaml`` -> ``workflows/``), else the file's own directory
     (``workflows/deal.scenario.yaml`` -> ``workflows/``).
     """
     file = Path(scenario)
     for parent in file.parents:
-        if parent.name == "scenarios":
+        if parent.name in ("scenarios", "forecasts"):
             return parent.parent
     return file.parent
 
