@@ -203,6 +203,7 @@ class PermissionDenied(CrmflowError):
         operation: what was attempted (a trigger name, ``start``, ``override`` ...).
         required_roles: roles any of which would have been enough.
         actor_roles: the roles the actor holds.
+        reason: why, when no role would be enough (empty otherwise).
 
     """
 
@@ -212,16 +213,17 @@ class PermissionDenied(CrmflowError):
         operation: str,
         required_roles: Sequence[str],
         actor_roles: Sequence[str] = (),
+        reason: str = "",
     ) -> None:
         self.actor = actor
         self.operation = operation
         self.required_roles = tuple(required_roles)
         self.actor_roles = tuple(sorted(actor_roles))
+        self.reason = reason
         roles = ", ".join(self.required_roles) or "(none)"
         held = ", ".join(self.actor_roles) or "none"
-        super().__init__(
-            f"{actor!r} (roles: {held}) may not {operation}: requires one of the roles {roles}"
-        )
+        why = reason or f"requires one of the roles {roles}"
+        super().__init__(f"{actor!r} (roles: {held}) may not {operation}: {why}")
 
 
 class ConcurrencyConflict(CrmflowError):

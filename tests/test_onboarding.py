@@ -400,8 +400,10 @@ def test_reassign_refuses_unknown_kept_tasks_and_a_no_op(engine: Engine) -> None
 
 def test_a_workflow_without_a_reassignment_section_keeps_its_owners(engine: Engine) -> None:
     engine.start("sales_order", "SO-1", actor=ALICE, data={"customer_id": "C", "amount": "10"})
-    with pytest.raises(PermissionDenied, match="no 'reassignment' section"):
+    with pytest.raises(PermissionDenied, match="no 'reassignment' section") as denied:
         engine.reassign("SO-1", "mallory", actor=Actor("mallory"))
+    assert "add 'reassignment: {roles: [...]}'" in str(denied.value)
+    assert "requires one of the roles" not in str(denied.value)
     assert engine.get("SO-1").owner == "alice"
 
 

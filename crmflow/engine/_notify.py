@@ -37,9 +37,6 @@ __all__ = [
     "notification_schema",
 ]
 
-#: Channels every engine has without configuration.
-BUILTIN_CHANNELS = ("inbox", "log")
-
 
 @dataclass(frozen=True)
 class CompiledNotify:
@@ -89,14 +86,12 @@ def compile_notify(
     *,
     name: str,
     path: str,
-    condition: str | None = None,
-    condition_pos: SourcePos | None = None,
 ) -> CompiledNotify:
-    """Compile ``notify``'s templates (and ``condition``) or raise :class:`DefinitionError`."""
+    """Compile ``notify``'s templates or raise :class:`DefinitionError`."""
     try:
         rule = compile_rule(
             name,
-            when=condition or "True",
+            when="True",
             effect="warn",
             message=notify.subject,
             hint=notify.body,
@@ -104,10 +99,7 @@ def compile_notify(
             schema=notification_schema(schema),
         )
     except ExpressionError as exc:
-        part = getattr(exc, "part", "when")
-        if part == "when":
-            text, pos, where = condition or "", condition_pos or notify.pos, f"{path}.if"
-        elif part == "message":
+        if getattr(exc, "part", "") == "message":
             text = notify.subject
             pos = notify.positions.get("subject", notify.pos)
             where = f"{path}.subject"

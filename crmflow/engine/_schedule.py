@@ -14,7 +14,7 @@ next working moment. Nothing is skipped: a due time already in the past fires at
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -24,16 +24,6 @@ from crmflow.engine._notify import new_id
 from crmflow.plugins._storage_api import TimerRecord
 
 __all__ = ["due_time", "in_scope", "plan_timers", "timer_record"]
-
-
-def _leaves_below(defn: WorkflowDef, name: str) -> set[str]:
-    state = defn.states[name]
-    if not state.children:
-        return {name}
-    found: set[str] = set()
-    for child in state.children:
-        found |= _leaves_below(defn, child)
-    return found
 
 
 def in_scope(defn: WorkflowDef, timer: TimerDef, state: str | None) -> bool:
@@ -123,7 +113,6 @@ def plan_timers(
     changed: Collection[str],
     data: Mapping[str, Any],
     now: datetime,
-    timers: Sequence[TimerDef] | None = None,
 ) -> tuple[list[TimerRecord], list[str]]:
     """Timers to start and timer names to cancel for one change; see the module docs.
 
@@ -132,7 +121,7 @@ def plan_timers(
     cal = calendar or ALWAYS
     start: list[TimerRecord] = []
     cancel: list[str] = []
-    for timer in defn.timers if timers is None else timers:
+    for timer in defn.timers:
         was = in_scope(defn, timer, from_state)
         now_in = in_scope(defn, timer, to_state)
         if was and (not now_in or (trigger is not None and trigger in timer.cancel_on)):

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from crmflow.engine._notify import NotificationFactory
     from crmflow.plugins._storage_api import InstanceRecord, Storage
     from crmflow.plugins.notifiers import Channel, RetryPolicy
+    from crmflow.plugins.org_directory import OrgDirectory
 
 __all__ = ["TickReport", "TimerOperations"]
 
@@ -144,6 +145,7 @@ class TimerOperations:
         store: Storage
         clock: Clock
         calendar: BusinessCalendar | None
+        org: OrgDirectory | None
         channels: dict[str, Channel]
         retry: RetryPolicy
         plugins: pluggy.PluginManager
@@ -470,7 +472,7 @@ class TimerOperations:
         return name
 
     def _user_zone(self, user: str) -> str:
-        org = getattr(self, "org", None)
+        org = self.org
         if org is not None:
             try:
                 zone = org.user(user).timezone

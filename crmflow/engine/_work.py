@@ -843,9 +843,12 @@ class WorkOperations:
             # Owners were never changeable before a workflow said who may change them.
             raise PermissionDenied(
                 actor.id,
-                f"reassign (workflow {defn.name!r} has no 'reassignment' section)",
+                "reassign",
                 (),
                 sorted(actor.roles),
+                reason=f"workflow {defn.name!r} has no 'reassignment' section, so its owners "
+                "stay as they are; add 'reassignment: {roles: [...]}' to let those roles "
+                "change them",
             )
         assert compiled.reassign is not None  # compile_workflow always builds it
         roles = compiled.reassign.defn.roles
