@@ -140,3 +140,45 @@ def test_a_broken_timer_is_retried_after_its_lease_and_never_stalls_a_tick(
     assert engine.tick(limit=500).failed == 1
     timer = engine.store.get_timer("broken-1")
     assert timer is not None and timer.status == "pending"
+
+
+CALLS = """\
+workflow: calls
+roles: [rep]
+fields:
+  company: {type: str, required: true}
+states:
+  - {name: open, initial: true}
+  - {name: closed, final: true}
+transitions:
+  - {trigger: log_call, from: open, roles: [rep]}
+  - {trigger: close, from: open, to: closed, roles: [rep]}
+automations:
+  - name: follow_up
+    on: {transition: log_call}
+    do:
+      - create_task: {id: call_back, title: Call the customer back, due: 1d, result: int}
+"""
+
+
+def test_an_automation_task_keeps_the_item_keys_it_was_written_with(
+    store_url: str, clock: VirtualClock
+) -> None:
+    defn = load_workflow_text(CALLS, "calls.yaml")
+    with Engine([defn], store=store_url, clock=clock, load_entry_points=False) as engine:
+        engine.start("calls", "K-1", actor=REP, data={"company": "ACME"})
+        engine.fire("K-1", "log_call", actor=REP)
+        (task,) = engine.tasks("K-1")
+        assert (task.id, task.checklist, task.assignee) == (
+            "call_back",
+            "automation:follow_up",
+            "rep",
+        )
+        assert task.due_at == START + timedelta(days=1)
+        assert not task.deferrable  # not declared deferrable: the default, as for checklist items
+        refused = engine.defer_task("K-1", "call_back", actor=REP, reason="busy")
+        assert not refused.ok
+        with pytest.raises(InvalidData, match="needs a result"):
+            engine.complete_task("K-1", "call_back", actor=REP)
+        done = engine.complete_task("K-1", "call_back", actor=REP, result="3")
+        assert done.ok and done.task.result == 3  # the declared type, coerced

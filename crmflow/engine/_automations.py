@@ -26,6 +26,7 @@ from crmflow.engine._notify import (
     condition_holds,
 )
 from crmflow.engine._schedule import due_time, timer_record
+from crmflow.engine._tasks import open_item
 from crmflow.plugins._storage_api import OutboxRecord, TimerRecord
 from crmflow.rules import CompiledRule, Schema
 from crmflow.rules._evaluate import truth
@@ -189,23 +190,12 @@ def run_automations(
                 current = by_id.get(item.id)
                 if current is not None and current.unfinished:
                     continue  # already open: an automation does not open it twice
-                task = Task(
+                task = open_item(
+                    f"automation:{auto.defn.name}",
+                    item,
                     key=key,
-                    id=item.id,
-                    checklist=f"automation:{auto.defn.name}",
-                    title=item.title,
-                    status="open",
-                    assignee=None if item.role else owner,
-                    role=item.role,
-                    required=item.required,
-                    deferrable=True,
-                    depends_on=(),
-                    due_at=now + item.due if item.due is not None else None,
-                    result=None,
-                    note="",
-                    defer_reason="",
-                    opened_at=now,
-                    updated_at=now,
+                    owner=owner,
+                    now=now,
                     position=10_000 + len(by_id),
                 )
                 if current is not None:

@@ -384,6 +384,20 @@ class WorkflowDef:
                 return checklist, item
         return None
 
+    def task_item(self, item_id: str) -> ChecklistItemDef | None:
+        """The item a task with ``item_id`` was opened from (checklist or ``create_task``).
+
+        Task ids are unique across checklist items and automations' ``create_task`` items.
+        """
+        found = self.checklist_item(item_id)
+        if found is not None:
+            return found[1]
+        for automation in self.automations:
+            for action in automation.actions:
+                if action.task is not None and action.task.id == item_id:
+                    return action.task
+        return None
+
     @property
     def initial_state(self) -> str:
         """The top-level initial state's path (not descended into sub-states)."""

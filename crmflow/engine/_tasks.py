@@ -22,7 +22,7 @@ from datetime import datetime
 
 from crmflow._task_types import UNFINISHED, Progress, Task
 from crmflow._types import Actor, Refusal
-from crmflow.engine._model import ChecklistDef, ChecklistItemDef, GateDef, WorkflowDef
+from crmflow.engine._model import ChecklistItemDef, GateDef, WorkflowDef
 
 __all__ = [
     "SYSTEM_ACTOR",
@@ -60,8 +60,8 @@ def _checklists_of(defn: WorkflowDef, states: Iterable[str]) -> list[str]:
     return names
 
 
-def _open_item(
-    checklist: ChecklistDef,
+def open_item(
+    checklist: str,
     item: ChecklistItemDef,
     *,
     key: str,
@@ -69,10 +69,11 @@ def _open_item(
     now: datetime,
     position: int,
 ) -> Task:
+    """A new open task for ``item`` (of the checklist, or ``automation:<name>``, so named)."""
     return Task(
         key=key,
         id=item.id,
-        checklist=checklist.name,
+        checklist=checklist,
         title=item.title,
         status="open",
         assignee=None if item.role else owner,
@@ -140,8 +141,8 @@ def task_changes_for_move(
             if existing is not None and existing.status != "cancelled":
                 continue
             opened.append(
-                _open_item(
-                    checklist,
+                open_item(
+                    checklist.name,
                     item,
                     key=key,
                     owner=owner,

@@ -277,9 +277,7 @@ class WorkOperations:
         return self._task_operation(key, task_id, actor, "reassign", change, note)
 
     def _task_result(self, record: InstanceRecord, task: Task, value: Any) -> Any:
-        compiled = self._compiled_for(record)
-        found = compiled.defn.checklist_item(task.id)
-        item = found[1] if found else None
+        item = self._compiled_for(record).defn.task_item(task.id)
         if item is None or item.result is None:
             return value
         if value is None:
