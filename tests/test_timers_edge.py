@@ -182,3 +182,13 @@ def test_an_automation_task_keeps_the_item_keys_it_was_written_with(
             engine.complete_task("K-1", "call_back", actor=REP)
         done = engine.complete_task("K-1", "call_back", actor=REP, result="3")
         assert done.ok and done.task.result == 3  # the declared type, coerced
+
+
+def test_only_timers_that_were_pending_are_reported_cancelled(engine: Engine) -> None:
+    # No visit was logged, so the automation's chase_up timer never started: leaving the
+    # state cancels the workflow's no_visit timer and reports nothing else.
+    engine.start("visits", "V-9", actor=REP, data={"company": "ACME"})
+    result = engine.fire("V-9", "release", actor=REP, facts={"customer": {"blocked": False}})
+    assert result.ok
+    assert result.effects["timers_cancelled"] == ["no_visit"]
+    assert engine.history("V-9")[-1].details["timers_cancelled"] == ["no_visit"]

@@ -50,9 +50,14 @@ class SideEffects:
         return [*self.tasks_opened, *self.tasks_cancelled, *self.tasks_other]
 
     def write(self, tx: StorageTx, key: str, at: datetime) -> None:
-        """Write it all in ``tx`` (cancellations first, so a restarted timer is replaced)."""
+        """Write it all in ``tx`` (cancellations first, so a restarted timer is replaced).
+
+        ``timers_cancelled`` becomes the names of the timers that were pending and are now
+        cancelled: call :meth:`describe` after writing.
+        """
         if self.timers_cancelled:
-            tx.cancel_timers(key, self.timers_cancelled, at=at)
+            cancelled = tx.cancel_timers(key, self.timers_cancelled, at=at)
+            self.timers_cancelled = [timer.name for timer in cancelled]
         if self.tasks_opened or self.tasks_cancelled or self.tasks_other:
             tx.put_tasks(self.tasks)
         if self.timers:

@@ -398,10 +398,10 @@ class Engine(WorkOperations, TimerOperations):
             values = {**values, **side.data}
             record = replace(record, data=values)
         details: dict[str, Any] = {"workflow": defn.name, "version": defn.version}
-        details.update(side.describe())
         with self.store.transaction() as tx:
             tx.insert_instance(record)
             side.write(tx, key, now)
+            details.update(side.describe())
             tx.append_history(
                 HistoryDraft(
                     instance_key=key,

@@ -415,9 +415,6 @@ class WorkOperations:
                     changes[name] = [data.get(name), value]
                     data[name] = value
             updated = replace(updated, data=data)
-        described = side.describe()
-        if changes:
-            described["data_changed"] = changes
         with self.store.transaction() as tx:
             tx.update_instance(updated, expected_version=record.version)
             if in_tx is not None:
@@ -425,6 +422,9 @@ class WorkOperations:
             if tasks:
                 tx.put_tasks(tasks)
             side.write(tx, record.key, now)
+            described = side.describe()
+            if changes:
+                described["data_changed"] = changes
             if cost is not None:
                 tx.add_cost(replace(cost, seq=updated.version, at=now))
             tx.append_history(
