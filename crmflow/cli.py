@@ -12,6 +12,7 @@ from crmflow._suggest import suggest
 from crmflow.engine._check import check_path
 from crmflow.engine._diagram import history_path, mermaid, render
 from crmflow.engine._loader import load_definitions, load_workflow_file
+from crmflow.engine._model import WorkflowDef
 from crmflow.engine._scenario import default_workflows_path
 
 __all__ = ["main"]
@@ -79,26 +80,25 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if failed else EXIT_OK
 
 
-def _find_workflow(name_or_file: str, search: Path) -> Path | None:
+def _find_workflow(name_or_file: str, search: Path) -> WorkflowDef | None:
+    """The workflow a command names: a file, or a name under ``search`` (printed if unknown)."""
     candidate = Path(name_or_file)
     if candidate.is_file():
-        return candidate
-    for defn in load_definitions(search):
-        if defn.name == name_or_file:
-            return Path(defn.source)
+        return load_workflow_file(candidate)
+    known = {d.name: d for d in load_definitions(search)}
+    if name_or_file in known:
+        return known[name_or_file]
+    hint = suggest(name_or_file, list(known))
+    also = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
+    print(f"no workflow named {name_or_file!r} under {search}{also}", file=sys.stderr)
     return None
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
     search = Path(args.path) if args.path else default_workflows_dir()
-    file = _find_workflow(args.workflow, search)
-    if file is None:
-        names = [d.name for d in load_definitions(search)]
-        hint = suggest(args.workflow, names)
-        also = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
-        print(f"no workflow named {args.workflow!r} under {search}{also}", file=sys.stderr)
+    defn = _find_workflow(args.workflow, search)
+    if defn is None:
         return EXIT_USAGE
-    defn = load_workflow_file(file)
     path: list[str] = []
     taken: set[tuple[str, str, str]] = set()
     if args.instance:
@@ -194,17 +194,15 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     from crmflow.engine._explore import explore, format_exploration
 
     search = Path(args.workflows) if args.workflows else default_workflows_dir()
-    names = args.paths or [d.name for d in load_definitions(search)]
-    failed = False
-    for name in names:
-        file = _find_workflow(name, search)
-        if file is None:
-            known = [d.name for d in load_definitions(search)]
-            hint = suggest(name, known)
-            also = f" (did you mean {' or '.join(repr(h) for h in hint)}?)" if hint else ""
-            print(f"no workflow named {name!r} under {search}{also}", file=sys.stderr)
+    known = {d.name: d for d in load_definitions(search)}
+    chosen: list[WorkflowDef] = []
+    for name in args.paths or list(known):
+        defn = known[name] if name in known else _find_workflow(name, search)
+        if defn is None:
             return EXIT_USAGE
-        defn = load_workflow_file(file)
+        chosen.append(defn)
+    failed = False
+    for defn in chosen:
         report = explore(defn, walks=args.explore, seed=args.seed, org=args.org)
         print(format_exploration(report))
         failed = failed or not report.ok
